@@ -1,0 +1,72 @@
+"""The Celery application and its production configuration. Each choice says why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from stockpulse.config import Settings, get_settings
+from stockpulse.routing import TASK_QUEUES, route_task
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    visibility = int(settings.celery.get("visibility_timeout_s", 3600))
+    return {
+        "broker_url": settings.redis_url,
+        # Results are kept briefly for Flower and `celery result`; runs are tracked in pipeline_runs.
+        "result_backend": settings.redis_url,
+        "result_expires": int(settings.celery.get("result_expires_s", 86400)),
+        # JSON only: pickle from a broker is remote code execution waiting to happen.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Ack after the stage finished, and requeue when a worker child dies mid-task: every stage is
+        # idempotent, so running twice is safe and losing a run is not.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: long loads must not hold queued work hostage.
+        "worker_prefetch_multiplier": 1,
+        # Redis redelivers unacked messages after this; it must exceed the longest retry countdown, or a
+        # retry waiting in a worker would be delivered twice.
+        "broker_transport_options": {"visibility_timeout": visibility},
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "broker_connection_retry_on_startup": True,
+        "task_queues": TASK_QUEUES,
+        "task_default_queue": "maintenance",
+        "task_routes": (route_task,),
+        "task_create_missing_queues": False,
+        # Events feed Flower and the Celery exporter.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "timezone": settings.timezone,
+        "enable_utc": True,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": settings.redis_url,
+        "redbeat_key_prefix": "stockpulse:redbeat",
+        # RedBeat's lock keeps a second beat from double-scheduling; it expires if beat dies.
+        "redbeat_lock_timeout": int(settings.celery.get("beat_lock_timeout_s", 150)),
+        "beat_max_loop_interval": int(settings.celery.get("beat_max_loop_interval_s", 30)),
+        "worker_hijack_root_logger": False,
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery = Celery("stockpulse")
+    celery.conf.update(celery_config(settings))
+    celery.conf.beat_schedule = _beat_schedule()
+    # Imported by workers at start-up (not here: the task modules import this app).
+    celery.conf.imports = ("stockpulse.pipeline.tasks",)
+    return celery
+
+
+def _beat_schedule() -> dict[str, Any]:
+    from stockpulse.schedule import load_beat_schedule
+
+    return load_beat_schedule()
+
+
+app = create_app()

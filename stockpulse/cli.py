@@ -1,0 +1,301 @@
+"""``stockpulse`` command line (click)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import date, timedelta
+from typing import Any
+
+import click
+
+from stockpulse.errors import ConfigError, StockPulseError
+
+
+class _Group(click.Group):
+    """Turns our own errors into a clear message and exit code instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(ConfigError.exit_code)
+        except StockPulseError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _symbols(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    from stockpulse.config import TICKER_PATTERN
+
+    symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+    bad = [s for s in symbols if not TICKER_PATTERN.match(s)]
+    if bad:
+        raise click.BadParameter(f"invalid symbol {bad[0]!r}")
+    return symbols
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="stockpulse")
+def main() -> None:
+    """StockPulse market-data ingestion."""
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+@main.group()
+def config() -> None:
+    """Check or show the merged configuration."""
+
+
+@config.command("check")
+def config_check() -> None:
+    """Validate every configuration layer and beat_schedule.yaml; exit 2 on any error."""
+    from stockpulse.config import load_settings
+    from stockpulse.schedule import load_beat_schedule
+
+    settings = load_settings()
+    schedules = load_beat_schedule(settings=settings)
+    click.echo(f"configuration OK: {len(settings.pipelines)} pipelines, {len(settings.providers)} providers, "
+               f"{len(schedules)} enabled schedules")
+
+
+@config.command("show")
+def config_show() -> None:
+    """Print the merged configuration with every secret as ***."""
+    import yaml
+
+    from stockpulse.config import load_settings, redacted
+
+    click.echo(yaml.safe_dump(redacted(load_settings()), sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------- db
+
+
+@main.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply migrations to the configured database."""
+    from stockpulse.config import get_settings, redact_url
+    from stockpulse.db.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    click.echo(f"database at {redact_url(url)} is at {revision}")
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+
+
+@main.command()
+def pipelines() -> None:
+    """List configured pipelines with their queue, provider and schedule."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stockpulse.config import get_settings
+    from stockpulse.schedule import load_beat_schedule
+
+    settings = get_settings()
+    schedules: dict[str, list[str]] = {}
+    for name, entry in load_beat_schedule(settings=settings).items():
+        schedules.setdefault(entry["kwargs"]["pipeline"], []).append(f"{name} ({entry['schedule']})")
+    table = Table("pipeline", "data type", "provider", "queue", "symbols", "enabled", "schedule")
+    for name, pipe in sorted(settings.pipelines.items()):
+        table.add_row(name, pipe.data_type, pipe.provider, pipe.queue, str(len(pipe.symbols)),
+                      "yes" if pipe.enabled else "no", ", ".join(schedules.get(name, [])) or "-")
+    Console().print(table)
+
+
+def _wait_for(run_ids: list[str], *, timeout: float, progress: bool = False) -> list[Any]:
+    from stockpulse.pipeline.runs import FINAL, get_run
+
+    deadline = time.monotonic() + timeout
+    pending = set(run_ids)
+    with click.progressbar(length=len(run_ids), label="runs", show_pos=True) if progress else _Null() as bar:
+        while pending and time.monotonic() < deadline:
+            for run_id in list(pending):
+                run = get_run(run_id)
+                if run is not None and run.status in FINAL:
+                    pending.discard(run_id)
+                    bar.update(1)
+            if pending:
+                time.sleep(0.25)
+    return [get_run(r) for r in run_ids]
+
+
+class _Null:
+    def __enter__(self) -> _Null:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _summary(run: Any) -> str:
+    text = (f"run {run.id} {run.pipeline} [{run.trigger}] {run.status}: fetched {run.records_fetched}, "
+            f"loaded {run.records_loaded}, rejected {run.records_rejected}")
+    if run.error_message:
+        text += f"\n  error: {run.error_type}: {run.error_message}"
+    return text
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("--symbols", callback=_symbols, help="Comma-separated subset, e.g. AAPL,MSFT.")
+@click.option("--start", callback=_date, help="First session (YYYY-MM-DD); default: from the watermark.")
+@click.option("--end", callback=_date, help="Last session (YYYY-MM-DD); default: today.")
+@click.option("--wait", is_flag=True, help="Wait for the run; exit 1 unless it succeeded.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait with --wait.")
+def run(pipeline: str, symbols: list[str] | None, start: date | None, end: date | None, wait: bool,
+        timeout: float) -> None:
+    """Enqueue a fetch -> transform -> load chain for PIPELINE now."""
+    from stockpulse.config import get_settings
+    from stockpulse.pipeline.runs import start_run
+
+    run_id = start_run(pipeline, symbols=symbols, trigger="manual", start=start, end=end)
+    click.echo(f"queued run {run_id}")
+    if not wait:
+        return
+    (result,) = _wait_for([run_id], timeout=timeout)
+    click.echo(_summary(result))
+    if result.status not in ("succeeded", "partial", "failed"):
+        click.echo(f"still {result.status} after {timeout:.0f}s: is a worker consuming queue "
+                   f"{get_settings().pipeline(pipeline).queue!r}?", err=True)
+    if result.status not in ("succeeded", "partial"):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("--start", callback=_date, required=True, help="First session (YYYY-MM-DD).")
+@click.option("--end", callback=_date, required=True, help="Last session (YYYY-MM-DD).")
+@click.option("--symbols", callback=_symbols, help="Comma-separated subset.")
+@click.option("--chunk-days", type=click.IntRange(1, 3650), default=None,
+              help="Days per chunk (default: the pipeline's backfill_chunk_days option, else 365).")
+@click.option("--no-wait", is_flag=True, help="Enqueue and return without a progress bar.")
+@click.option("--timeout", default=3600.0, show_default=True)
+def backfill(pipeline: str, start: date, end: date, symbols: list[str] | None, chunk_days: int | None,
+             no_wait: bool, timeout: float) -> None:
+    """Load PIPELINE's history from START to END, one run per chunk of days."""
+    from stockpulse.config import get_settings
+    from stockpulse.pipeline.runs import start_run
+
+    if start > end:
+        raise click.BadParameter("--start is after --end")
+    pipe = get_settings().pipeline(pipeline)
+    step = timedelta(days=chunk_days or int(pipe.options.get("backfill_chunk_days", 365)))
+    run_ids, chunk = [], start
+    while chunk <= end:
+        chunk_end = min(chunk + step - timedelta(days=1), end)
+        run_ids.append(start_run(pipeline, symbols=symbols, trigger="backfill", start=chunk, end=chunk_end))
+        chunk = chunk_end + timedelta(days=1)
+    click.echo(f"queued {len(run_ids)} backfill runs")
+    if no_wait:
+        return
+    results = _wait_for(run_ids, timeout=timeout, progress=True)
+    for result in results:
+        click.echo(_summary(result))
+    if any(r.status not in ("succeeded", "partial") for r in results):
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--pipeline")
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "partial", "failed"]))
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+def runs(pipeline: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """Recent pipeline runs, newest first."""
+    from rich.console import Console
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from stockpulse.db.engine import get_engine
+    from stockpulse.db.models import pipeline_runs as t
+
+    query = select(t).order_by(t.c.created_at.desc()).limit(limit)
+    if pipeline:
+        query = query.where(t.c.pipeline == pipeline)
+    if status:
+        query = query.where(t.c.status == status)
+    with get_engine().connect() as conn:
+        rows = conn.execute(query).all()
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                                   for k, v in row._mapping.items()}))
+        return
+    table = Table("run id", "pipeline", "trigger", "status", "created", "fetched", "loaded", "rejected", "error")
+    for row in rows:
+        table.add_row(row.id, row.pipeline, row.trigger, row.status, row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                      str(row.records_fetched), str(row.records_loaded), str(row.records_rejected),
+                      (row.error_message or "")[:80])
+    Console(width=200).print(table)
+
+
+# ---------------------------------------------------------------------------------------------- sim
+
+
+@main.group()
+def sim() -> None:
+    """The loopback provider simulator."""
+
+
+@sim.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8700, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--seed", default=None, type=int, help="Data seed (default: sim.seed from config).")
+def sim_serve(host: str, port: int, seed: int | None) -> None:
+    """Serve every supported provider's API on HOST:PORT."""
+    from stockpulse.sim.server import make_server, state_from_settings
+
+    state = state_from_settings(seed)
+    server = make_server(host, port, state)
+    click.echo(f"simulator listening on http://{host}:{server.server_address[1]} (seed {state.seed})", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+# ---------------------------------------------------------------------------------------------- standalone
+
+
+@main.command()
+@click.option("--flower-port", default=5555, show_default=True)
+@click.option("--sim-port", default=0, help="Simulator port (0: any free port).")
+def standalone(flower_port: int, sim_port: int) -> None:
+    """Run everything on this machine: Redis, migrations, simulator, worker, beat and Flower."""
+    from stockpulse.standalone import run_standalone
+
+    sys.exit(run_standalone(flower_port=flower_port, sim_port=sim_port))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The data-type contract and the validation loop every data type shares.
+
+marshmallow schemas are the declared contract and the source of every rejection reason. A data type may
+add a fast path that recognises plainly valid records; anything it is not sure of goes to the schema, so
+verdicts and reasons are the schema's by construction (and a property test checks the fast path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from marshmallow import Schema, ValidationError
+from sqlalchemy import Table
+
+
+def reason_from_messages(messages: Any) -> str:
+    """marshmallow's error dict as one stable line: 'field: message; other: message'."""
+    if isinstance(messages, dict):
+        parts = []
+        for key in sorted(messages, key=str):
+            text = reason_from_messages(messages[key])
+            parts.append(text if key == "_schema" else f"{key}: {text}")
+        return "; ".join(parts)
+    if isinstance(messages, list):
+        return " ".join(reason_from_messages(m) for m in messages)
+    return str(messages)
+
+
+@dataclass
+class Rejected:
+    record_no: int
+    record: Any
+    reason: str
+
+
+@dataclass
+class Validated:
+    valid: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DataType:
+    name: str
+    schema: Schema
+    table: Table
+    key: tuple[str, ...]
+    # Columns in transport-row order (the rows that travel from transform to load).
+    columns: tuple[str, ...]
+    fast_validate: Callable[[Any], dict[str, Any] | None] | None = None
+    # Brings a validated record to canonical form (e.g. timestamps to UTC).
+    normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: r
+    to_row: Callable[[dict[str, Any]], list[Any]] | None = None
+    from_row: Callable[[list[Any]], tuple[Any, ...]] | None = None
+
+    def validate_one(self, record: Any) -> tuple[dict[str, Any] | None, str | None]:
+        """(canonical record, None) or (None, reason)."""
+        if self.fast_validate is not None:
+            fast = self.fast_validate(record)
+            if fast is not None:
+                return self.normalise(fast), None
+        if not isinstance(record, dict):
+            return None, f"record is a {type(record).__name__}, not an object"
+        try:
+            return self.normalise(self.schema.load(record)), None
+        except ValidationError as exc:
+            return None, reason_from_messages(exc.messages)
+
+    def validate(self, records: Iterable[Any]) -> Validated:
+        """Validate record by record (never ``many=True``: marshmallow skips schema-level checks for the
+        whole batch once one record has a field error), then reject duplicates of the natural key."""
+        out = Validated()
+        seen: dict[tuple, int] = {}
+        for record_no, record in enumerate(records):
+            canonical, reason = self.validate_one(record)
+            if canonical is None:
+                out.rejected.append(Rejected(record_no, record, reason or "invalid"))
+                continue
+            key = tuple(canonical[k] for k in self.key)
+            if key in seen:
+                out.rejected.append(Rejected(record_no, record, "duplicate of an earlier record with the same "
+                                             f"key ({', '.join(self.key)}) in the same payload"))
+                continue
+            seen[key] = record_no
+            out.valid.append(canonical)
+        return out
+
+    def rows(self, records: list[dict[str, Any]]) -> list[list[Any]]:
+        if self.to_row is not None:
+            return [self.to_row(r) for r in records]
+        return [[r[c] for c in self.columns] for r in records]

@@ -1,0 +1,152 @@
+"""Table definitions (SQLAlchemy Core: the loaders work in bulk, not object by object).
+
+Every timestamp is stored in UTC. ``UTCDateTime`` keeps that true on SQLite too, which has no zone type.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+
+class UTCDateTime(TypeDecorator):
+    """timestamptz on PostgreSQL; on SQLite a naive UTC value that comes back as an aware datetime."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: timestamps must carry a zone")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+bars = Table(
+    "bars", metadata,
+    Column("symbol", String(24), primary_key=True),
+    Column("interval", String(8), primary_key=True),
+    # Daily bars: the session date at 00:00 UTC, whatever the provider stamped (see docs/data-model.md).
+    Column("ts", UTCDateTime(), primary_key=True),
+    Column("open", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("close", Float, nullable=False),
+    Column("volume", Float, nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("ingested_at", UTCDateTime(), nullable=False),
+)
+
+pipeline_runs = Table(
+    "pipeline_runs", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("pipeline", String(64), nullable=False),
+    Column("data_type", String(32), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("trigger", String(16), nullable=False),  # schedule | manual | backfill | replay
+    Column("status", String(16), nullable=False),  # queued | running | succeeded | partial | failed
+    Column("params", JSON, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    Column("fetch_started_at", UTCDateTime()),
+    Column("fetch_finished_at", UTCDateTime()),
+    Column("transform_started_at", UTCDateTime()),
+    Column("transform_finished_at", UTCDateTime()),
+    Column("load_started_at", UTCDateTime()),
+    Column("load_finished_at", UTCDateTime()),
+    Column("batches_total", Integer, nullable=False, default=0),
+    Column("batches_done", Integer, nullable=False, default=0),
+    Column("records_fetched", Integer, nullable=False, default=0),
+    Column("records_loaded", Integer, nullable=False, default=0),
+    Column("records_rejected", Integer, nullable=False, default=0),
+    Column("error_type", String(64)),
+    Column("error_message", Text),
+    Column("task_ids", JSON, nullable=False),
+    Index("ix_pipeline_runs_pipeline_created", "pipeline", "created_at"),
+    Index("ix_pipeline_runs_status", "status"),
+)
+
+# One row per fetch -> transform -> load chain of a run. Stages *set* these counts rather than add to
+# them, so a stage that runs twice (redelivery after a worker died) cannot double-count.
+pipeline_run_batches = Table(
+    "pipeline_run_batches", metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("batch_no", Integer, primary_key=True),
+    Column("symbols", JSON, nullable=False),
+    Column("start", String(10), nullable=False),
+    Column("end", String(10), nullable=False),
+    Column("status", String(16), nullable=False),  # queued | running | loaded | failed
+    Column("fetched", Integer, nullable=False, default=0),
+    Column("valid", Integer, nullable=False, default=0),
+    Column("rejected", Integer, nullable=False, default=0),
+    Column("loaded", Integer, nullable=False, default=0),
+    Column("fetch_started_at", UTCDateTime()),
+    Column("fetch_finished_at", UTCDateTime()),
+    Column("transform_started_at", UTCDateTime()),
+    Column("transform_finished_at", UTCDateTime()),
+    Column("load_started_at", UTCDateTime()),
+    Column("load_finished_at", UTCDateTime()),
+    Column("attempts", JSON, nullable=False),
+    Column("task_ids", JSON, nullable=False),
+    Column("error_type", String(64)),
+    Column("error_message", Text),
+)
+
+watermarks = Table(
+    "watermarks", metadata,
+    Column("pipeline", String(64), primary_key=True),
+    Column("symbol", String(24), primary_key=True),
+    Column("last_ts", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+quarantine = Table(
+    "quarantine", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(64), nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("batch_no", Integer, nullable=False),
+    Column("record_no", Integer, nullable=False),
+    Column("data_type", String(32), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("symbol", String(64)),
+    Column("record", Text, nullable=False),  # the record as received, JSON text
+    Column("reason", Text, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    # A transform that runs twice quarantines the same record once.
+    UniqueConstraint("run_id", "batch_no", "record_no"),
+    Index("ix_quarantine_pipeline_created", "pipeline", "created_at"),
+)

@@ -1,0 +1,1 @@
+"""The pipeline framework: runs, stages (fetch -> transform -> load), payload hand-off and loading."""

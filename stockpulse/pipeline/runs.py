@@ -1,0 +1,210 @@
+"""``pipeline_runs`` bookkeeping and the start of a run.
+
+A run is split into batches of symbols; each batch is one fetch -> transform -> load chain. Stages write
+their batch's row; the run row is recomputed from its batches, under a row lock, after every change, so
+concurrent batches and redelivered stages always leave consistent totals.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from stockpulse.config import PipelineSettings, get_settings
+from stockpulse.db.engine import get_engine
+from stockpulse.db.models import pipeline_run_batches as batches_t
+from stockpulse.db.models import pipeline_runs as runs_t
+from stockpulse.db.models import watermarks as watermarks_t
+from stockpulse.errors import ConfigError, utcnow
+
+TRIGGERS = ("schedule", "manual", "backfill", "replay")
+FINAL = ("succeeded", "partial", "failed")
+STAGES = ("fetch", "transform", "load")
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    batch_no: int
+    symbols: tuple[str, ...]
+    start: date
+    end: date
+
+
+def plan_batches(pipe: PipelineSettings, symbols: tuple[str, ...], start: date | None, end: date | None,
+                 conn: Connection) -> list[BatchPlan]:
+    """Split symbols into batches and choose each batch's date range.
+
+    Without an explicit start, the range begins at the batch's oldest watermark minus a small overlap
+    (providers correct recent bars), or ``lookback_days`` back for symbols never loaded.
+    """
+    today = datetime.now(UTC).date()
+    end = end or today
+    overlap = timedelta(days=int(pipe.options.get("overlap_days", 3)))
+    lookback = timedelta(days=int(pipe.options.get("lookback_days", 365)))
+    marks: dict[str, datetime] = {}
+    if start is None:
+        rows = conn.execute(select(watermarks_t.c.symbol, watermarks_t.c.last_ts).where(
+            watermarks_t.c.pipeline == pipe.name, watermarks_t.c.symbol.in_(symbols)))
+        marks = {r.symbol: r.last_ts for r in rows}
+    plans = []
+    for i in range(0, len(symbols), pipe.batch_size):
+        chunk = symbols[i:i + pipe.batch_size]
+        if start is not None:
+            chunk_start = start
+        else:
+            starts = [(marks[s].date() - overlap) if s in marks else (end - lookback) for s in chunk]
+            chunk_start = min(starts)
+        plans.append(BatchPlan(len(plans), chunk, min(chunk_start, end), end))
+    return plans
+
+
+def start_run(pipeline: str, *, symbols: list[str] | None = None, trigger: str = "manual",
+              start: date | str | None = None, end: date | str | None = None) -> str:
+    """Record a run and enqueue one chain per batch on the pipeline's queue; returns the run id."""
+    from stockpulse.pipeline.tasks import chain_for_batch
+
+    settings = get_settings()
+    pipe = settings.pipeline(pipeline)
+    if trigger not in TRIGGERS:
+        raise ConfigError(f"unknown trigger {trigger!r}")
+    chosen = tuple(symbols) if symbols else pipe.symbols
+    from stockpulse.config import TICKER_PATTERN
+
+    bad = [s for s in chosen if not TICKER_PATTERN.match(s)]
+    if bad:
+        raise ConfigError(f"invalid symbol {bad[0]!r}")
+    if not chosen:
+        raise ConfigError(f"pipeline {pipeline!r} has no symbols")
+    start_d = date.fromisoformat(start) if isinstance(start, str) else start
+    end_d = date.fromisoformat(end) if isinstance(end, str) else end
+    if start_d and end_d and start_d > end_d:
+        raise ConfigError(f"start {start_d} is after end {end_d}")
+    run_id = str(uuid.uuid4())
+    engine = get_engine()
+    with engine.begin() as conn:
+        plans = plan_batches(pipe, chosen, start_d, end_d, conn)
+        now = utcnow()
+        conn.execute(runs_t.insert().values(
+            id=run_id, pipeline=pipe.name, data_type=pipe.data_type, provider=pipe.provider, trigger=trigger,
+            status="queued", created_at=now, batches_total=len(plans), batches_done=0,
+            records_fetched=0, records_loaded=0, records_rejected=0, task_ids=[],
+            params={"symbols": list(chosen), "start": start_d.isoformat() if start_d else None,
+                    "end": end_d.isoformat() if end_d else None, "interval": pipe.interval},
+        ))
+        conn.execute(batches_t.insert(), [
+            {"run_id": run_id, "batch_no": p.batch_no, "symbols": list(p.symbols), "start": p.start.isoformat(),
+             "end": p.end.isoformat(), "status": "queued", "fetched": 0, "valid": 0, "rejected": 0, "loaded": 0,
+             "attempts": {}, "task_ids": {}}
+            for p in plans
+        ])
+    task_ids = []
+    for plan in plans:
+        result = chain_for_batch(run_id, plan.batch_no, pipe.name).apply_async()
+        task_ids.append(result.id)
+    with engine.begin() as conn:
+        conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(task_ids=task_ids))
+    return run_id
+
+
+def load_batch(conn: Connection, run_id: str, batch_no: int) -> Any:
+    row = conn.execute(select(batches_t).where(batches_t.c.run_id == run_id,
+                                               batches_t.c.batch_no == batch_no)).one_or_none()
+    if row is None:
+        from stockpulse.errors import PermanentError
+
+        raise PermanentError(f"run {run_id} has no batch {batch_no}")
+    return row
+
+
+def stage_started(run_id: str, batch_no: int, stage: str, task_id: str | None, attempt: int) -> Any:
+    """Mark a stage started; returns the batch row as it was (callers skip work a batch already did)."""
+    with get_engine().begin() as conn:
+        _lock_run(conn, run_id)
+        batch = load_batch(conn, run_id, batch_no)
+        values: dict[str, Any] = {f"{stage}_started_at": batch._mapping[f"{stage}_started_at"] or utcnow()}
+        if batch.status == "queued":
+            values["status"] = "running"
+        task_ids = dict(batch.task_ids or {})
+        task_ids[stage] = task_id
+        attempts = dict(batch.attempts or {})
+        attempts[stage] = attempt + 1
+        values.update(task_ids=task_ids, attempts=attempts)
+        conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
+                     .values(**values))
+        _refresh_run(conn, run_id)
+        return batch
+
+
+def stage_finished(conn: Connection, run_id: str, batch_no: int, stage: str, **values: Any) -> None:
+    """Within the caller's transaction (the load stage commits rows and status together)."""
+    _lock_run(conn, run_id)
+    values[f"{stage}_finished_at"] = utcnow()
+    conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
+                 .values(**values))
+    _refresh_run(conn, run_id)
+
+
+def batch_failed(run_id: str, batch_no: int, stage: str, exc: BaseException) -> None:
+    with get_engine().begin() as conn:
+        _lock_run(conn, run_id)
+        batch = load_batch(conn, run_id, batch_no)
+        if batch.status == "loaded":
+            return
+        conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
+                     .values(status="failed", error_type=type(exc).__name__,
+                             error_message=f"{stage}: {exc}"[:4000], **{f"{stage}_finished_at": utcnow()}))
+        _refresh_run(conn, run_id)
+
+
+def _lock_run(conn: Connection, run_id: str) -> None:
+    # Serialises the batches of one run while they update the run row (SQLite already holds the write lock).
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(runs_t.c.id).where(runs_t.c.id == run_id).with_for_update())
+
+
+def _refresh_run(conn: Connection, run_id: str) -> None:
+    rows = conn.execute(select(batches_t).where(batches_t.c.run_id == run_id)).all()
+    if not rows:
+        return
+    done = [r for r in rows if r.status in ("loaded", "failed")]
+    values: dict[str, Any] = {
+        "batches_done": len(done),
+        "records_fetched": sum(r.fetched for r in rows),
+        "records_loaded": sum(r.loaded for r in rows),
+        "records_rejected": sum(r.rejected for r in rows),
+    }
+    for stage in STAGES:
+        starts = [r._mapping[f"{stage}_started_at"] for r in rows if r._mapping[f"{stage}_started_at"]]
+        ends = [r._mapping[f"{stage}_finished_at"] for r in rows if r._mapping[f"{stage}_finished_at"]]
+        values[f"{stage}_started_at"] = min(starts) if starts else None
+        values[f"{stage}_finished_at"] = max(ends) if ends and len(done) == len(rows) else None
+    failed = [r for r in rows if r.status == "failed"]
+    if len(done) == len(rows):
+        if failed:
+            values["status"] = "failed"
+            first = failed[0]
+            values["error_type"] = first.error_type
+            values["error_message"] = (f"{len(failed)} of {len(rows)} batches failed; batch {first.batch_no}: "
+                                       f"{first.error_message}")[:4000]
+        elif values["records_rejected"]:
+            values["status"] = "partial"
+        else:
+            values["status"] = "succeeded"
+        values["finished_at"] = utcnow()
+    elif any(r.status != "queued" for r in rows):
+        values["status"] = "running"
+    current = conn.execute(select(runs_t.c.started_at, runs_t.c.status).where(runs_t.c.id == run_id)).one()
+    if current.status in FINAL and values.get("status") not in FINAL:
+        values.pop("status", None)  # a late redelivery must not reopen a finished run
+    if current.started_at is None and values.get("status") in ("running", *FINAL):
+        values["started_at"] = utcnow()
+    conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+
+
+def get_run(run_id: str) -> Any:
+    with get_engine().connect() as conn:
+        return conn.execute(select(runs_t).where(runs_t.c.id == run_id)).one_or_none()

@@ -1,0 +1,102 @@
+"""Alpha Vantage (https://www.alphavantage.co/documentation/).
+
+``GET /query?function=TIME_SERIES_DAILY&symbol=IBM&outputsize=compact&apikey=KEY``. Every number is a
+string, the series is an object keyed by date (US/Eastern session dates), and ``compact`` is the last 100
+points (``full`` is premium). Errors come with HTTP 200: ``Error Message`` (bad symbol or call:
+permanent), ``Note`` / ``Information`` (throttles: transient, except plan restrictions and the demo key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import requests
+
+from stockpulse.errors import PermanentError, TransientError
+from stockpulse.providers.base import MISSING, Fetcher, ProviderSpec, Query, bar_record, number
+
+SERIES_KEY = "Time Series (Daily)"
+
+
+def check_response(response: requests.Response, body: Any) -> None:
+    if not isinstance(body, dict):
+        return
+    if "Error Message" in body:
+        raise PermanentError(f"alphavantage: {body['Error Message']}", provider="alphavantage")
+    for key in ("Information", "Note"):
+        if key in body and len(body) <= 2:
+            raise classify_soft_error(str(body[key]))
+
+
+def classify_soft_error(text: str) -> Exception:
+    lowered = text.lower()
+    if "premium feature" in lowered or "premium endpoint" in lowered:
+        return PermanentError(f"alphavantage: plan restriction: {text}", provider="alphavantage")
+    if "per day" in lowered and "rate limit" in lowered and "per second" not in lowered and "sparingly" not in lowered:
+        now = datetime.now(UTC)
+        midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+        return TransientError(f"alphavantage: daily quota reached: {text}",
+                              retry_after=(midnight - now).total_seconds(), provider="alphavantage")
+    if any(w in lowered for w in ("per second", "sparingly", "per minute", "call frequency", "rate limit")):
+        return TransientError(f"alphavantage: throttled: {text}", retry_after=60.0 if "minute" in lowered else 2.0,
+                              provider="alphavantage")
+    if "demo" in lowered or "api key" in lowered:
+        return PermanentError(f"alphavantage: {text}", provider="alphavantage")
+    return TransientError(f"alphavantage: {text}", provider="alphavantage")
+
+
+class AlphaVantageDailyBarsFetcher(Fetcher):
+    data_type = "bars"
+
+    def extract(self, query: Query) -> list[Any]:
+        assert self.client is not None
+        if query.interval != "1d":
+            raise PermanentError("alphavantage: only daily bars (TIME_SERIES_DAILY) are supported",
+                                 provider="alphavantage")
+        pages = []
+        for symbol in query.symbols:
+            body = self.client.get_json("/query", params={
+                "function": "TIME_SERIES_DAILY", "symbol": symbol,
+                "outputsize": self.settings.options.get("outputsize", "compact"),
+                "datatype": "json", "apikey": self.settings.api_key,
+            })
+            if not isinstance(body, dict) or SERIES_KEY not in body:
+                keys = ", ".join(list(body)[:5]) if isinstance(body, dict) else type(body).__name__
+                raise PermanentError(f"alphavantage: no '{SERIES_KEY}' in the response for {symbol} "
+                                     f"(got: {keys})", provider="alphavantage")
+            pages.append({"symbol": symbol, "body": body})
+        return pages
+
+    def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
+        for page in pages:
+            body = page["body"]
+            symbol = (body.get("Meta Data") or {}).get("2. Symbol") or page["symbol"]
+            for day, row in (body.get(SERIES_KEY) or {}).items():
+                try:
+                    session = date.fromisoformat(day)
+                except ValueError:
+                    ts: Any = day
+                else:
+                    if not query.start <= session <= query.end:
+                        continue
+                    ts = datetime(session.year, session.month, session.day, tzinfo=UTC).isoformat()
+                if not isinstance(row, dict):
+                    yield {"symbol": symbol, "ts": ts, "_raw": row}
+                    continue
+                yield bar_record(symbol, "1d", ts,
+                                 number(row.get("1. open", MISSING)), number(row.get("2. high", MISSING)),
+                                 number(row.get("3. low", MISSING)), number(row.get("4. close", MISSING)),
+                                 number(row.get("5. volume", MISSING)), "alphavantage")
+
+
+PROVIDER = ProviderSpec(
+    name="alphavantage",
+    default_base_url="https://www.alphavantage.co",
+    fetchers={"bars": AlphaVantageDailyBarsFetcher},
+    required_secrets=("api_key",),
+    default_rate_limit="25/day",  # free key: 25 requests per day, about 1 per second burst
+    check_response=check_response,
+    description="Alpha Vantage TIME_SERIES_DAILY (compact on free keys)",
+)

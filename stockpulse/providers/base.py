@@ -1,0 +1,243 @@
+"""What every provider module builds on: its registry entry, its HTTP client and its fetchers.
+
+A provider module declares one :class:`ProviderSpec` with a fetcher class per data type it supplies
+(OpenBB-style: ``extract`` talks to the provider, ``transform`` turns its pages into canonical records).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+import orjson
+import requests
+
+from stockpulse import __version__
+from stockpulse.config import ProviderSettings
+from stockpulse.errors import TRANSIENT_HTTP_STATUSES, PermanentError, TransientError, parse_retry_after
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What a pipeline run asks one fetcher for."""
+
+    symbols: tuple[str, ...]
+    interval: str
+    start: date
+    end: date
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Fetcher(ABC):
+    """One provider x data type. ``extract`` returns raw, JSON-serialisable pages; ``transform`` maps them
+    to canonical records, passing through anything it cannot interpret so that validation rejects it with
+    a reason instead of the record vanishing."""
+
+    data_type: ClassVar[str]
+
+    def __init__(self, settings: ProviderSettings, client: ProviderClient | None = None):
+        self.settings = settings
+        self.client = client
+
+    @abstractmethod
+    def extract(self, query: Query) -> list[Any]: ...
+
+    @abstractmethod
+    def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class ProviderSpec:
+    name: str
+    default_base_url: str
+    fetchers: dict[str, type[Fetcher]]
+    required_secrets: tuple[str, ...] = ()
+    default_rate_limit: str | None = None
+    # Raises TransientError/PermanentError for a provider's own error bodies (including HTTP-200 ones).
+    check_response: Callable[[requests.Response, Any], None] | None = None
+    description: str = ""
+
+
+class ResponseTooLarge(PermanentError):
+    pass
+
+
+class ProviderClient:
+    """requests.Session with connect/read timeouts, a response size cap and error classification."""
+
+    def __init__(self, spec: ProviderSpec, settings: ProviderSettings):
+        self.spec = spec
+        self.settings = settings
+        self.base_url = (settings.base_url or spec.default_base_url).rstrip("/")
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = settings.user_agent or f"stockpulse/{__version__}"
+        self.session.headers["Accept-Encoding"] = "gzip, deflate"
+        self.requests_made = 0
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
+
+    def get_json(self, path: str, *, params: dict | None = None, headers: dict | None = None) -> Any:
+        response = self._get(path, params=params, headers=headers)
+        body = self._parse_json(response)
+        if self.spec.check_response:
+            self.spec.check_response(response, body)
+        if response.status_code >= 400:
+            self.raise_for_status(response, body)
+        return body
+
+    def _get(self, path: str, *, params: dict | None, headers: dict | None) -> requests.Response:
+        self.requests_made += 1
+        try:
+            response = self.session.get(
+                self.url(path), params=params, headers=headers, stream=True,
+                timeout=(self.settings.connect_timeout_s, self.settings.timeout_s),
+            )
+            limit = self.settings.max_response_bytes
+            declared = response.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                response.close()
+                raise ResponseTooLarge(f"{self.spec.name}: response of {declared} bytes exceeds the "
+                                       f"{limit}-byte cap", provider=self.spec.name)
+            chunks, size = [], 0
+            for chunk in response.iter_content(65536):
+                size += len(chunk)
+                if size > limit:
+                    response.close()
+                    raise ResponseTooLarge(f"{self.spec.name}: response exceeds the {limit}-byte cap",
+                                           provider=self.spec.name)
+                chunks.append(chunk)
+            response._content = b"".join(chunks)
+            return response
+        except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            raise TransientError(f"{self.spec.name}: {type(exc).__name__} on {self._safe_path(path)}",
+                                 provider=self.spec.name) from None
+
+    def _safe_path(self, path: str) -> str:
+        """The request path without its query string, which may carry an API key."""
+        return path.split("?", 1)[0]
+
+    def _parse_json(self, response: requests.Response) -> Any:
+        content = response.content
+        ctype = response.headers.get("Content-Type", "")
+        if not content.strip():
+            if response.status_code >= 400:
+                self.raise_for_status(response, None)
+            raise TransientError(f"{self.spec.name}: empty body (HTTP {response.status_code})",
+                                 provider=self.spec.name)
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
+        if response.status_code >= 400:
+            self.raise_for_status(response, None)
+        looks_html = "html" in ctype or content.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))
+        what = "an HTML page" if looks_html else "a body that is not valid JSON"
+        raise PermanentError(f"{self.spec.name}: expected JSON, got {what} (HTTP {response.status_code}, "
+                             f"{len(content)} bytes)", provider=self.spec.name)
+
+    def raise_for_status(self, response: requests.Response, body: Any) -> None:
+        status = response.status_code
+        message = _error_message(body) or response.reason or ""
+        text = f"{self.spec.name}: HTTP {status}" + (f": {message}" if message else "")
+        if status in TRANSIENT_HTTP_STATUSES:
+            raise TransientError(text, retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                                 provider=self.spec.name)
+        raise PermanentError(text, provider=self.spec.name)
+
+
+def _error_message(body: Any) -> str | None:
+    if isinstance(body, dict):
+        for key in ("error", "message", "Error Message", "Information", "Note", "msg"):
+            if isinstance(body.get(key), str):
+                return body[key][:500]
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation helpers shared by fetchers
+
+
+def session_date_ts(value: Any, *, tz: ZoneInfo = NEW_YORK) -> Any:
+    """A daily bar stamped at a local midnight or market open -> ISO string of its session date at 00:00 UTC.
+
+    Values it cannot interpret (no zone, not a timestamp) come back unchanged so validation rejects them
+    with a reason.
+    """
+    moment: datetime | None = None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    else:
+        return value
+    day = moment.astimezone(tz).date()
+    return datetime(day.year, day.month, day.day, tzinfo=UTC).isoformat()
+
+
+def epoch_to_iso(value: Any, *, unit: str = "s") -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    seconds = value / 1000.0 if unit == "ms" else float(value)
+    try:
+        return datetime.fromtimestamp(seconds, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return value
+
+
+def daily_from_epoch(value: Any, *, unit: str = "s", tz: ZoneInfo = NEW_YORK) -> Any:
+    iso = epoch_to_iso(value, unit=unit)
+    return session_date_ts(iso, tz=tz) if isinstance(iso, str) else iso
+
+
+def intraday_ts(value: Any, *, unit: str | None = None) -> Any:
+    """Intraday bars keep their real instant, in UTC."""
+    if unit:
+        return epoch_to_iso(value, unit=unit)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+        except ValueError:
+            return value
+        if moment.tzinfo is None:
+            return value
+        return moment.astimezone(UTC).isoformat()
+    return value
+
+
+def number(value: Any) -> Any:
+    """Providers send numbers as strings (Alpha Vantage, Coinbase); convert what converts, keep the rest."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+class _Missing:
+    """A field the provider did not send: left out of the record so validation says it is missing."""
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+def bar_record(symbol: Any, interval: str, ts: Any, o: Any, h: Any, low: Any, c: Any, v: Any,
+               source: str) -> dict[str, Any]:
+    record = {"symbol": symbol, "interval": interval, "ts": ts, "open": o, "high": h, "low": low, "close": c,
+              "volume": v, "source": source}
+    return {k: val for k, val in record.items() if val is not MISSING}

