@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
 from stockpulse.config import Settings, get_settings
 from stockpulse.routing import TASK_QUEUES, route_task
@@ -30,7 +31,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Redis redelivers unacked messages after this; it must exceed the longest retry countdown, or a
         # retry waiting in a worker would be delivered twice.
-        "broker_transport_options": {"visibility_timeout": visibility},
+        # Unacked messages of a dead worker are looked for every unacked_restore_interval seconds (kombu's
+        # default throttle would make that every 10th look, ~100 s).
+        "broker_transport_options": {
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": int(settings.celery.get("unacked_restore_interval_s", 10)),
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": visibility},
         "broker_connection_retry_on_startup": True,
         "task_queues": TASK_QUEUES,
@@ -45,7 +52,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": settings.redis_url,
-        "redbeat_key_prefix": "stockpulse:redbeat",
+        "redbeat_key_prefix": "stockpulse:redbeat:",
         # RedBeat's lock keeps a second beat from double-scheduling; it expires if beat dies.
         "redbeat_lock_timeout": int(settings.celery.get("beat_lock_timeout_s", 150)),
         "beat_max_loop_interval": int(settings.celery.get("beat_max_loop_interval_s", 30)),
@@ -70,3 +77,19 @@ def _beat_schedule() -> dict[str, Any]:
 
 
 app = create_app()
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _require_provider_keys(**_: Any) -> None:
+    """Workers and beat need the API keys of enabled pipelines; refuse to start without them."""
+    import sys
+
+    from stockpulse.config import require_secrets
+    from stockpulse.errors import ConfigError
+
+    try:
+        require_secrets(get_settings())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        os._exit(ConfigError.exit_code)  # a plain exit here would be caught and logged by Celery

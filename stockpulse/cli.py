@@ -68,7 +68,7 @@ def config_check() -> None:
     from stockpulse.config import load_settings
     from stockpulse.schedule import load_beat_schedule
 
-    settings = load_settings()
+    settings = load_settings(check_secrets=True)
     schedules = load_beat_schedule(settings=settings)
     click.echo(f"configuration OK: {len(settings.pipelines)} pipelines, {len(settings.providers)} providers, "
                f"{len(schedules)} enabled schedules")

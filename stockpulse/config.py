@@ -50,6 +50,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "redis_url": "redis://127.0.0.1:6379/0",
     "timezone": "America/New_York",
     "var_dir": "var",
+    "beat_schedule_path": "beat_schedule.yaml",
     "celery": {
         # Above the longest retry countdown (stages.*.backoff_cap_s), or Redis would redeliver a
         # waiting retry a second time.
@@ -120,6 +121,7 @@ class Settings:
     redis_url: str
     timezone: str
     var_dir: str
+    beat_schedule_path: str
     celery: dict[str, Any]
     payloads: dict[str, Any]
     stages: dict[str, StagePolicy]
@@ -221,6 +223,7 @@ class SettingsSchema(_Strict):
         r"^rediss?://", error="redis_url must be a redis:// or rediss:// URL"))
     timezone = fields.String(required=True, validate=_timezone)
     var_dir = fields.String(required=True)
+    beat_schedule_path = fields.String(required=True)
     celery = fields.Dict(keys=fields.String(), required=True)
     payloads = fields.Dict(keys=fields.String(), required=True)
     stages = fields.Nested(StagesSchema, required=True)
@@ -341,8 +344,13 @@ def _origin(path: str, origins: dict[str, str]) -> str:
     return "built-in defaults"
 
 
-def load_settings(environ: Mapping[str, str] | None = None, *, root: Path | None = None) -> Settings:
-    """Merge every layer, validate, and return typed settings; raises ConfigError naming key and source."""
+def load_settings(environ: Mapping[str, str] | None = None, *, root: Path | None = None,
+                  check_secrets: bool = False) -> Settings:
+    """Merge every layer, validate, and return typed settings; raises ConfigError naming key and source.
+
+    ``check_secrets`` also requires the API keys of enabled pipelines: workers, beat and ``config check``
+    ask for it; clients that only enqueue or read (``runs``, ``celery call``) do not need the keys.
+    """
     environ = os.environ if environ is None else environ
     root = root or project_root()
     origins: dict[str, str] = {}
@@ -374,6 +382,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, root: Path | None
 
     settings = _build(data, origins, root)
     _check_references(settings)
+    if check_secrets:
+        require_secrets(settings)
     return settings
 
 
@@ -430,6 +440,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         redis_url=data["redis_url"],
         timezone=data["timezone"],
         var_dir=str(var_dir),
+        beat_schedule_path=str(root / data["beat_schedule_path"]),
         celery=data["celery"],
         payloads=data["payloads"],
         stages=data["stages"],
@@ -461,6 +472,17 @@ def _check_references(settings: Settings) -> None:
         if pipe.data_type not in spec.fetchers:
             problems.append(f"{path}: provider {pipe.provider!r} does not supply {pipe.data_type!r} "
                             f"(it supplies: {', '.join(sorted(spec.fetchers))}) (from {_origin(path, settings.origins)})")
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def require_secrets(settings: Settings) -> None:
+    """Every enabled pipeline's provider has the keys it needs."""
+    from stockpulse.providers import PROVIDERS
+
+    problems = []
+    for name, pipe in settings.pipelines.items():
+        spec = PROVIDERS[pipe.provider]
         if not pipe.enabled:
             continue
         provider = settings.provider(pipe.provider)
@@ -468,7 +490,8 @@ def _check_references(settings: Settings) -> None:
             if not getattr(provider, secret):
                 var = f"STOCKPULSE_PROVIDERS__{pipe.provider.upper()}__{secret.upper()}"
                 problems.append(f"providers.{pipe.provider}.{secret}: missing, and enabled pipeline {name!r} "
-                                f"needs it (set it in a config file or {var} / {var}_FILE)")
+                                f"needs it (set it in a config file or {var} / {var}_FILE; "
+                                "`stockpulse standalone` uses the simulator instead)")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

@@ -15,7 +15,7 @@ import yaml
 from celery.schedules import crontab
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from stockpulse.config import Settings, _timezone, get_settings, project_root
+from stockpulse.config import Settings, _timezone, get_settings
 from stockpulse.errors import ConfigError
 
 DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
@@ -79,16 +79,12 @@ class BeatFileSchema(Schema):
                             values=fields.Nested(ScheduleEntrySchema), load_default=dict)
 
 
-def schedule_path() -> Path:
-    return project_root() / "beat_schedule.yaml"
-
-
 def load_beat_schedule(path: Path | None = None, settings: Settings | None = None) -> dict[str, Any]:
     """Celery ``beat_schedule`` entries for the enabled schedules in the file."""
-    path = path or schedule_path()
+    settings = settings or get_settings()
+    path = path or Path(settings.beat_schedule_path)
     if not path.exists():
         return {}
-    settings = settings or get_settings()
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         data = BeatFileSchema().load(raw)

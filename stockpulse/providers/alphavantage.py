@@ -31,17 +31,20 @@ def check_response(response: requests.Response, body: Any) -> None:
 
 
 def classify_soft_error(text: str) -> Exception:
+    """Alpha Vantage's HTTP-200 soft errors, by their wording. Throttle messages also advertise premium plans,
+    so throttling is recognised first; a plan restriction names a premium *feature* or *endpoint*."""
     lowered = text.lower()
-    if "premium feature" in lowered or "premium endpoint" in lowered:
-        return PermanentError(f"alphavantage: plan restriction: {text}", provider="alphavantage")
-    if "per day" in lowered and "rate limit" in lowered and "per second" not in lowered and "sparingly" not in lowered:
+    burst = any(w in lowered for w in ("per second", "sparingly", "per minute", "call frequency"))
+    if "per day" in lowered and "rate limit" in lowered and not burst:
         now = datetime.now(UTC)
         midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
         return TransientError(f"alphavantage: daily quota reached: {text}",
                               retry_after=(midnight - now).total_seconds(), provider="alphavantage")
-    if any(w in lowered for w in ("per second", "sparingly", "per minute", "call frequency", "rate limit")):
+    if burst or "rate limit" in lowered:
         return TransientError(f"alphavantage: throttled: {text}", retry_after=60.0 if "minute" in lowered else 2.0,
                               provider="alphavantage")
+    if "premium feature" in lowered or "premium endpoint" in lowered:
+        return PermanentError(f"alphavantage: plan restriction: {text}", provider="alphavantage")
     if "demo" in lowered or "api key" in lowered:
         return PermanentError(f"alphavantage: {text}", provider="alphavantage")
     return TransientError(f"alphavantage: {text}", provider="alphavantage")

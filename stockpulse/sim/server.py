@@ -455,6 +455,10 @@ class SimServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hanging up on a dropped, slow or huge response are part of the job here.
+        log.debug("connection from %s ended abruptly", client_address, exc_info=True)
+
 
 def make_server(host: str = "127.0.0.1", port: int = 0, state: SimState | None = None) -> SimServer:
     handler = type("BoundSimHandler", (SimHandler,), {"state": state or SimState()})

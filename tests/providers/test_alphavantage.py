@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from stockpulse.errors import PermanentError, TransientError
+from stockpulse.providers.alphavantage import classify_soft_error
+from tests.providers.helpers import fetch
+
+
+def test_compact_daily_series_strings_become_numbers(sim_url: str, sim) -> None:
+    end = date.today()
+    records, _ = fetch("alphavantage", sim_url, ("IBM",), end - timedelta(days=400), end)
+    assert 0 < len(records) <= 100  # compact: the last 100 sessions
+    record = records[0]
+    assert isinstance(record["open"], float) and isinstance(record["volume"], float)
+    assert record["ts"].endswith("T00:00:00+00:00") and record["source"] == "alphavantage"
+
+
+def test_range_filter_applies_to_compact_output(sim_url: str, sim) -> None:
+    end = date.today() - timedelta(days=1)
+    records, _ = fetch("alphavantage", sim_url, ("IBM",), end - timedelta(days=6), end)
+    assert 1 <= len(records) <= 5
+
+
+def test_full_output_on_a_free_key_is_a_permanent_premium_error(sim_url: str, sim) -> None:
+    with pytest.raises(PermanentError, match="premium feature"):
+        fetch("alphavantage", sim_url, ("IBM",), date(2020, 1, 1), date.today(), options={"outputsize": "full"})
+
+
+def test_bad_symbol_is_an_http_200_error_message(sim_url: str, sim) -> None:
+    with pytest.raises(PermanentError, match="Invalid API call"):
+        fetch("alphavantage", sim_url, ("ZZZZ",), date(2024, 1, 1), date.today())
+
+
+def test_burst_throttle_is_transient(sim_url: str, sim) -> None:
+    sim.fault("alphavantage", "429")
+    with pytest.raises(TransientError, match="throttled"):
+        fetch("alphavantage", sim_url, ("IBM",), date(2024, 1, 1), date.today())
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Thank you for using Alpha Vantage! Our standard API call frequency is 5 calls per minute and 500 calls per "
+     "day. Please visit https://www.alphavantage.co/premium/ if you would like to target a higher API call "
+     "frequency.", TransientError),
+    ("Thank you for using Alpha Vantage! Our standard API rate limit is 25 requests per day. Please subscribe to "
+     "any of the premium plans at https://www.alphavantage.co/premium/ to instantly remove all daily rate limits.",
+     TransientError),
+    ("Thank you for using Alpha Vantage! This is a premium endpoint. You may subscribe to any of the premium "
+     "plans at https://www.alphavantage.co/premium/ to instantly unlock all premium endpoints", PermanentError),
+    ("The **demo** API key is for demo purposes only. Please claim your free API key at "
+     "(https://www.alphavantage.co/support/#api-key) to explore our full API offerings.", PermanentError),
+])
+def test_soft_error_classification(text: str, kind: type) -> None:
+    assert isinstance(classify_soft_error(text), kind)
+
+
+def test_daily_quota_retry_after_points_to_the_next_day() -> None:
+    error = classify_soft_error("Our standard API rate limit is 25 requests per day.")
+    assert isinstance(error, TransientError) and 0 < error.retry_after <= 86400

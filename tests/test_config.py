@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stockpulse.config import load_settings, redacted
+from stockpulse.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_with(tmp_path: Path, config: dict | None = None, **env: str) -> dict[str, str]:
+    result = {"STOCKPULSE_PROVIDERS__ALPACA__API_KEY": "k", "STOCKPULSE_PROVIDERS__ALPACA__API_SECRET": "s"}
+    if config is not None:
+        path = tmp_path / "override.yaml"
+        path.write_text(yaml.safe_dump(config))
+        result["STOCKPULSE_CONFIG"] = str(path)
+    result.update(env)
+    return result
+
+
+def test_layers_later_wins(tmp_path: Path) -> None:
+    environ = env_with(tmp_path, {"timezone": "Europe/London", "symbols": {"us_large_caps": ["IBM"]}},
+                       STOCKPULSE_TIMEZONE="Asia/Tokyo", STOCKPULSE_PROVIDERS__ALPACA__TIMEOUT_S="7.5")
+    settings = load_settings(environ, root=ROOT)
+    assert settings.timezone == "Asia/Tokyo"  # env beats the file
+    assert settings.pipelines["daily_bars"].symbols == ("IBM",)  # file beats default.yaml
+    assert settings.provider("alpaca").timeout_s == 7.5
+    assert settings.provider("alpaca").rate_limit == "200/minute"  # default.yaml kept where not overridden
+
+
+def test_urls_and_secret_files(tmp_path: Path) -> None:
+    secret = tmp_path / "key"
+    secret.write_text("from-a-file\n")
+    environ = env_with(tmp_path, STOCKPULSE_DATABASE_URL="postgresql://u:pw@db/x",
+                       STOCKPULSE_REDIS_URL="redis://r:6379/1",
+                       STOCKPULSE_PROVIDERS__POLYGON__API_KEY_FILE=str(secret))
+    settings = load_settings(environ, root=ROOT)
+    assert settings.database_url == "postgresql://u:pw@db/x" and settings.redis_url == "redis://r:6379/1"
+    assert settings.provider("polygon").api_key == "from-a-file"
+    shown = redacted(settings)
+    assert shown["providers"]["polygon"]["api_key"] == "***" and shown["database_url"] == "postgresql://u:***@db/x"
+
+
+@pytest.mark.parametrize(("config", "env", "expected"), [
+    ({"pipelines": {"daily_bars": {"colour": "red"}}}, {}, r"pipelines\.daily_bars\.colour: Unknown field\. \(from .*override\.yaml\)"),
+    ({}, {"STOCKPULSE_PROVIDERS__ALPACA__TIMEOUT_S": "soon"},
+     r"providers\.alpaca\.timeout_s: Not a valid number\. \(from environment variable STOCKPULSE_PROVIDERS__ALPACA__TIMEOUT_S\)"),
+    ({"providers": {"nasdaq": {"api_key": "x"}}}, {}, r"providers\.nasdaq: unknown provider 'nasdaq'"),
+    ({"pipelines": {"daily_bars": {"provider": "acme"}}}, {}, r"pipelines\.daily_bars\.provider: unknown provider 'acme'"),
+    ({"symbols": {"us_large_caps": ["AAPL", "drop table"]}}, {}, r"symbols\.us_large_caps\.1: invalid symbol 'drop table'"),
+    ({"timezone": "Mars/Olympus"}, {}, r"timezone: unknown timezone 'Mars/Olympus'"),
+])
+def test_invalid_configuration_names_key_and_source(tmp_path: Path, config: dict, env: dict, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_settings(env_with(tmp_path, config, **env), root=ROOT)
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPULSE_")}
+    clean.update(env)
+    return subprocess.run([sys.executable, "-m", "stockpulse.cli", *args], env=clean, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_missing_key_for_an_enabled_pipeline(tmp_path: Path) -> None:
+    environ = env_with(tmp_path, STOCKPULSE_PROVIDERS__ALPACA__API_KEY="")
+    load_settings(environ, root=ROOT)  # readers and enqueuers need no keys
+    with pytest.raises(ConfigError, match=r"providers\.alpaca\.api_key: missing, and enabled pipeline 'daily_bars'"):
+        load_settings(environ, root=ROOT, check_secrets=True)
+    result = run_cli("config", "check", env=environ)
+    assert result.returncode == 2 and "providers.alpaca.api_key: missing" in result.stderr
+
+
+def test_config_check_exits_2_with_the_message(tmp_path: Path) -> None:
+    result = run_cli("config", "check", env=env_with(tmp_path, {"pipelines": {"daily_bars": {"symbols": ["aapl"]}}}))
+    assert result.returncode == 2, result.stderr
+    assert "pipelines.daily_bars.symbols: invalid symbol 'aapl'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_and_show_succeed_and_hide_secrets(tmp_path: Path) -> None:
+    env = env_with(tmp_path, STOCKPULSE_PROVIDERS__ALPACA__API_KEY="SUPERSECRET1")
+    assert run_cli("config", "check", env=env).returncode == 0
+    shown = run_cli("config", "show", env=env)
+    assert shown.returncode == 0 and "SUPERSECRET1" not in shown.stdout and "api_key: '***'" in shown.stdout
+
+
+def test_worker_refuses_to_start_without_provider_keys(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPULSE_")}
+    clean["STOCKPULSE_REDIS_URL"] = os.environ["STOCKPULSE_REDIS_URL"]
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", "maintenance"],
+                            env=clean, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "providers.alpaca.api_key: missing" in result.stderr
+
+
+def test_a_broken_config_stops_every_celery_command(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPULSE_")}
+    env.update(env_with(tmp_path, {"pipelines": {"daily_bars": {"queue": "nowhere"}}}))
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "stockpulse", "inspect", "registered"],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "pipelines.daily_bars.queue: Must be one of" in result.stderr
