@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
@@ -50,41 +51,47 @@ class BarSchema(Schema):
             raise ValidationError(f"low {low} is above min(open, close) = {min(o, c)}")
 
 
+_NUMBER_TYPES = frozenset({float, int})
+_INF = math.inf
+
+
 def fast_validate(record: Any) -> dict[str, Any] | None:
-    """The same checks as BarSchema on the common shape (native numbers, ISO strings); returns None, never a
-    verdict of its own, when anything is unusual, so the schema decides and words the reason."""
+    """The same checks as BarSchema on the common shape (native numbers, ISO strings), returning the canonical
+    record; None, never a verdict of its own, when anything is unusual, so the schema decides and words the
+    reason."""
     if type(record) is not dict or record.keys() != _FIELD_SET:
         return None
-    symbol, interval, source = record["symbol"], record["interval"], record["source"]
-    if type(symbol) is not str or type(source) is not str or type(interval) is not str:
+    symbol, interval, source, ts = record["symbol"], record["interval"], record["source"], record["ts"]
+    if type(symbol) is not str or type(source) is not str or type(ts) is not str:
         return None
     if interval not in _INTERVAL_SET or not SYMBOL.match(symbol):
         return None
-    ts = record["ts"]
-    if type(ts) is not str:
+    o, h, low, c, vol = record["open"], record["high"], record["low"], record["close"], record["volume"]
+    if not (type(o) in _NUMBER_TYPES and type(h) in _NUMBER_TYPES and type(low) in _NUMBER_TYPES
+            and type(c) in _NUMBER_TYPES and type(vol) in _NUMBER_TYPES):
         return None
+    o, h, low, c, vol = float(o), float(h), float(low), float(c), float(vol)
+    # Comparisons with NaN are false, so NaN falls through to the schema as well.
+    if not (0 < o < _INF and 0 < c < _INF and 0 < low < _INF and 0 < h < _INF and 0 <= vol < _INF):
+        return None
+    if h < o or h < c or h < low or low > o or low > c:
+        return None
+    moment = _aware_utc(ts)
+    if moment is None:
+        return None
+    return {"symbol": symbol, "interval": interval, "ts": moment, "open": o, "high": h, "low": low,
+            "close": c, "volume": vol, "source": source}
+
+
+@lru_cache(maxsize=65536)  # bars of many symbols share their timestamps
+def _aware_utc(text: str) -> datetime | None:
     try:
-        moment = datetime.fromisoformat(ts)
+        moment = datetime.fromisoformat(text)
     except ValueError:
         return None
     if moment.tzinfo is None or moment.utcoffset() is None:
         return None
-    values = []
-    for name in ("open", "high", "low", "close", "volume"):
-        v = record[name]
-        if type(v) is not float and type(v) is not int:
-            return None
-        v = float(v)
-        if not math.isfinite(v):
-            return None
-        values.append(v)
-    o, h, low, c, vol = values
-    if o <= 0 or h <= 0 or low <= 0 or c <= 0 or vol < 0:
-        return None
-    if h < max(o, c, low) or low > min(o, c):
-        return None
-    return {"symbol": symbol, "interval": interval, "ts": moment, "open": o, "high": h, "low": low,
-            "close": c, "volume": vol, "source": source}
+    return moment.astimezone(UTC)
 
 
 def normalise(record: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +99,13 @@ def normalise(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+@lru_cache(maxsize=65536)
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
 def to_row(r: dict[str, Any]) -> list[Any]:
-    return [r["symbol"], r["interval"], r["ts"].isoformat(), r["open"], r["high"], r["low"], r["close"],
+    return [r["symbol"], r["interval"], _iso(r["ts"]), r["open"], r["high"], r["low"], r["close"],
             r["volume"], r["source"]]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from marshmallow import Schema, ValidationError
@@ -49,8 +50,9 @@ class DataType:
     key: tuple[str, ...]
     # Columns in transport-row order (the rows that travel from transform to load).
     columns: tuple[str, ...]
+    # Returns the canonical record for a plainly valid record, None when the schema must decide.
     fast_validate: Callable[[Any], dict[str, Any] | None] | None = None
-    # Brings a validated record to canonical form (e.g. timestamps to UTC).
+    # Brings a record loaded by the schema to canonical form (e.g. timestamps to UTC).
     normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: r
     to_row: Callable[[dict[str, Any]], list[Any]] | None = None
     from_row: Callable[[list[Any]], tuple[Any, ...]] | None = None
@@ -60,7 +62,7 @@ class DataType:
         if self.fast_validate is not None:
             fast = self.fast_validate(record)
             if fast is not None:
-                return self.normalise(fast), None
+                return fast, None
         if not isinstance(record, dict):
             return None, f"record is a {type(record).__name__}, not an object"
         try:
@@ -73,18 +75,22 @@ class DataType:
         whole batch once one record has a field error), then reject duplicates of the natural key."""
         out = Validated()
         seen: dict[tuple, int] = {}
+        key_of = itemgetter(*self.key)
+        fast, valid = self.fast_validate, out.valid
         for record_no, record in enumerate(records):
-            canonical, reason = self.validate_one(record)
+            canonical = fast(record) if fast is not None else None
             if canonical is None:
-                out.rejected.append(Rejected(record_no, record, reason or "invalid"))
-                continue
-            key = tuple(canonical[k] for k in self.key)
+                canonical, reason = self.validate_one(record)
+                if canonical is None:
+                    out.rejected.append(Rejected(record_no, record, reason or "invalid"))
+                    continue
+            key = key_of(canonical)
             if key in seen:
                 out.rejected.append(Rejected(record_no, record, "duplicate of an earlier record with the same "
                                              f"key ({', '.join(self.key)}) in the same payload"))
                 continue
             seen[key] = record_no
-            out.valid.append(canonical)
+            valid.append(canonical)
         return out
 
     def rows(self, records: list[dict[str, Any]]) -> list[list[Any]]:

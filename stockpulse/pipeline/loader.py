@@ -1,8 +1,10 @@
 """Idempotent bulk upsert on a table's natural key, the fastest correct way per database.
 
-PostgreSQL: binary COPY into a temporary stage, then one INSERT ... ON CONFLICT DO UPDATE whose update is
-guarded with IS DISTINCT FROM, so re-loading unchanged rows writes nothing. SQLite: executemany of the
-same upsert in the caller's transaction.
+PostgreSQL: when no stored row falls inside the batch's key range (a first load), binary COPY straight
+into the table, inside a savepoint in case a concurrent load got there first; otherwise binary COPY into a
+temporary stage, then one INSERT ... ON CONFLICT DO UPDATE whose update is guarded with IS DISTINCT FROM,
+so re-loading unchanged rows writes nothing. SQLite: executemany of the same upsert in the caller's
+transaction.
 """
 
 from __future__ import annotations
@@ -37,11 +39,50 @@ def upsert(conn: Connection, table: Table, columns: Sequence[str], key: Sequence
     return _upsert_generic(conn, table, columns, key, rows, stamp_column)
 
 
+def _key_range_is_empty(conn: Connection, table: Table, columns: Sequence[str], key: Sequence[str],
+                        rows: Sequence[Sequence[Any]]) -> bool:
+    """No stored row inside the bounding box of the batch's keys (conservative: a hit may be no conflict)."""
+    from sqlalchemy import and_, select
+
+    bounds = []
+    for name in key:
+        i = columns.index(name)
+        values = [row[i] for row in rows]
+        bounds.append(table.c[name].between(min(values), max(values)))
+    return conn.execute(select(1).select_from(table).where(and_(*bounds)).limit(1)).first() is None
+
+
+def _copy_direct(raw: Any, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]],
+                 stamp_column: str | None) -> int:
+    import psycopg
+
+    names = [*columns, stamp_column] if stamp_column else list(columns)
+    now = utcnow()
+    try:
+        with raw.transaction(), raw.cursor() as cur:  # a savepoint inside the caller's transaction
+            quoted = ", ".join(f'"{c}"' for c in names)
+            with cur.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN (FORMAT BINARY)') as copy:
+                copy.set_types([_pg_type(table.c[c]) for c in names])
+                if stamp_column:
+                    for row in rows:
+                        copy.write_row((*row, now))
+                else:
+                    for row in rows:
+                        copy.write_row(row)
+        return len(rows)
+    except psycopg.errors.UniqueViolation:
+        return -1  # a concurrent load stored some of these keys first: upsert instead
+
+
 def _upsert_postgres(conn: Connection, table: Table, columns: Sequence[str], key: Sequence[str],
                      rows: Sequence[Sequence[Any]], stamp_column: str | None) -> int:
+    raw = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
+    if _key_range_is_empty(conn, table, columns, key, rows):
+        written = _copy_direct(raw, table, columns, rows, stamp_column)
+        if written >= 0:
+            return written
     stage = f"_stage_{table.name}"
     quoted = ", ".join(f'"{c}"' for c in columns)
-    raw = conn.connection.driver_connection  # psycopg 3, inside the caller's transaction
     with raw.cursor() as cur:
         cur.execute(f'CREATE TEMP TABLE IF NOT EXISTS "{stage}" AS SELECT {quoted} FROM "{table.name}" WITH NO DATA')
         cur.execute(f'TRUNCATE "{stage}"')

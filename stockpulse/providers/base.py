@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
@@ -170,17 +171,18 @@ def session_date_ts(value: Any, *, tz: ZoneInfo = NEW_YORK) -> Any:
     Values it cannot interpret (no zone, not a timestamp) come back unchanged so validation rejects them
     with a reason.
     """
-    moment: datetime | None = None
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return value
-        if moment.tzinfo is None:
-            return value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    if not isinstance(value, str):
         return value
-    else:
+    return _session_date_iso(value, tz)
+
+
+@lru_cache(maxsize=65536)  # a daily payload repeats the same few hundred timestamps for every symbol
+def _session_date_iso(value: str, tz: ZoneInfo) -> str:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return value
+    if moment.tzinfo is None:
         return value
     day = moment.astimezone(tz).date()
     return datetime(day.year, day.month, day.day, tzinfo=UTC).isoformat()
@@ -197,6 +199,13 @@ def epoch_to_iso(value: Any, *, unit: str = "s") -> Any:
 
 
 def daily_from_epoch(value: Any, *, unit: str = "s", tz: ZoneInfo = NEW_YORK) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return _daily_from_epoch(value, unit, tz)
+
+
+@lru_cache(maxsize=65536)
+def _daily_from_epoch(value: float, unit: str, tz: ZoneInfo) -> Any:
     iso = epoch_to_iso(value, unit=unit)
     return session_date_ts(iso, tz=tz) if isinstance(iso, str) else iso
 
@@ -240,4 +249,6 @@ def bar_record(symbol: Any, interval: str, ts: Any, o: Any, h: Any, low: Any, c:
                source: str) -> dict[str, Any]:
     record = {"symbol": symbol, "interval": interval, "ts": ts, "open": o, "high": h, "low": low, "close": c,
               "volume": v, "source": source}
-    return {k: val for k, val in record.items() if val is not MISSING}
+    if MISSING in (ts, o, h, low, c, v):
+        return {k: val for k, val in record.items() if val is not MISSING}
+    return record

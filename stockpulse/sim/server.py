@@ -13,6 +13,7 @@ Bad records on demand: ``POST /_sim/corrupt {"provider": "*", "symbol": "AAPL", 
 from __future__ import annotations
 
 import base64
+import bisect
 import json
 import logging
 import random
@@ -23,6 +24,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -96,6 +98,7 @@ def _parse_day(value: str, field: str) -> date:
         raise Reply(400, {"message": f"invalid {field}: {value!r}"}) from None
 
 
+@lru_cache(maxsize=65536)
 def _ny_midnight_utc(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=NEW_YORK).astimezone(UTC)
 
@@ -161,14 +164,16 @@ def alpaca_bars(state: SimState, path: str, query: dict[str, str], headers: Any)
         except Exception:
             raise Reply(400, {"code": 40010001, "message": "invalid page_token"}) from None
     if after:
-        items = [i for i in items if (i[0], _alpaca_ts(i[1].day)) > after]
+        # Items are ordered by (symbol, time); the token names the last item already served.
+        keys = [(i[0], i[1].day.isoformat()) for i in items]
+        items = items[bisect.bisect_right(keys, (after[0], after[1][:10])):]
     page, rest = items[:limit], items[limit:]
     out: dict[str, list] = {}
     for symbol, bar, kind in page:
-        values = {"t": _alpaca_ts(bar.day), "o": bar.open, "h": bar.high, "l": bar.low, "c": bar.close,
-                  "v": bar.volume, "n": max(1, bar.volume // 120), "vw": round((bar.high + bar.low + bar.close) / 3, 6)}
-        out.setdefault(symbol, []).append(_corrupt(values, kind, {"volume": "v", "high": "h", "low": "l",
-                                                                  "close": "c", "ts": "t"}))
+        values = _alpaca_bar(bar)
+        if kind:
+            values = _corrupt(dict(values), kind, {"volume": "v", "high": "h", "low": "l", "close": "c", "ts": "t"})
+        out.setdefault(symbol, []).append(values)
     token = None
     if rest and page:
         last = page[-1]
@@ -178,6 +183,13 @@ def alpaca_bars(state: SimState, path: str, query: dict[str, str], headers: Any)
     return {"bars": out, "next_page_token": token}
 
 
+@lru_cache(maxsize=1 << 20)  # rendered once per bar; corrupted bars are rendered from a copy
+def _alpaca_bar(bar: DailyBar) -> dict[str, Any]:
+    return {"t": _alpaca_ts(bar.day), "o": bar.open, "h": bar.high, "l": bar.low, "c": bar.close, "v": bar.volume,
+            "n": max(1, bar.volume // 120), "vw": round((bar.high + bar.low + bar.close) / 3, 6)}
+
+
+@lru_cache(maxsize=65536)
 def _alpaca_ts(day: date) -> str:
     return _ny_midnight_utc(day).strftime("%Y-%m-%dT%H:%M:%SZ")
 

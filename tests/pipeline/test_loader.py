@@ -52,3 +52,18 @@ def test_rolled_back_load_leaves_nothing(database: str) -> None:
         pass
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(bars)).scalar() == 0
+
+
+def test_direct_copy_falls_back_to_upsert_when_a_concurrent_load_won(database: str) -> None:
+    if not database.startswith("postgresql"):
+        return  # the direct COPY path is PostgreSQL's
+    from stockpulse.pipeline.loader import _copy_direct, _upsert_postgres
+
+    engine = get_engine()
+    with engine.begin() as conn:
+        upsert(conn, bars, BARS.columns, BARS.key, rows(1))  # as if another load committed row 0 first
+        raw = conn.connection.driver_connection
+        assert _copy_direct(raw, bars, BARS.columns, rows(5), "ingested_at") == -1  # savepoint rolled back
+        assert _upsert_postgres(conn, bars, BARS.columns, BARS.key, rows(5), "ingested_at") == 4
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(bars)).scalar() == 5

@@ -1,0 +1,195 @@
+"""Historical bars throughput: the real chain (simulator -> worker -> PostgreSQL) against a raw binary COPY.
+
+    python bench/historical.py [--symbols 200] [--bars 1000] [--batch-size 10] [--database-url URL]
+
+Prints rows/s for the whole chain, for the load stage alone (rows / summed load-stage time, i.e. one
+process's load throughput, comparable with one COPY), for a raw binary COPY of the same rows into an empty
+keyed table, their ratios, a re-run of the same backfill (all rows unchanged), and the worker's peak RSS.
+Targets (issue #2): load >= 0.4x raw COPY, chain >= 0.2x raw COPY, re-run >= first run,
+peak RSS < 400 MB at 1,000 x 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def weekdays_back(end: date, count: int) -> date:
+    day, seen = end, 0
+    while True:
+        if day.weekday() < 5:
+            seen += 1
+            if seen == count:
+                return day
+        day -= timedelta(days=1)
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.root = psutil.Process(pid)
+        self.peak_total = self.peak_single = 0
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                rss = [p.memory_info().rss for p in procs]
+                self.peak_total = max(self.peak_total, sum(rss))
+                self.peak_single = max(self.peak_single, max(rss))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--symbols", type=int, default=200)
+    parser.add_argument("--bars", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--database-url", default=os.environ.get(
+        "STOCKPULSE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument("--redis-url", default=os.environ.get("STOCKPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"))
+    parser.add_argument("--skip-rerun", action="store_true")
+    args = parser.parse_args()
+
+    from stockpulse.sim.server import SimState, serve_in_thread
+
+    end = date(2024, 12, 31)
+    start = weekdays_back(end, args.bars)
+    symbols = [f"B{i:04d}" for i in range(args.symbols)]
+    state = SimState(seed=1, today=end + timedelta(days=1))
+    _server, sim_url = serve_in_thread(state=state)
+    # The simulator generates each symbol's price history on first use; that is the provider's cost, not
+    # the pipeline's, so it is paid before the clock starts.
+    from stockpulse.sim.data import daily_bars
+
+    for symbol in symbols:
+        daily_bars(state.seed, symbol, start, end, today=state.today)
+    workdir = Path(tempfile.mkdtemp(prefix="stockpulse-bench-"))
+    config = {
+        "providers": {"alpaca": {"base_url": sim_url, "api_key": "bench", "api_secret": "bench", "timeout_s": 120,
+                                 "options": {"page_limit": 10000}}},
+        "symbols": {"bench": symbols},
+        "pipelines": {"bench_bars": {"data_type": "bars", "provider": "alpaca", "symbols": "bench",
+                                     "batch_size": args.batch_size},
+                      "daily_bars": {"data_type": "bars", "provider": "alpaca", "symbols": ["AAPL"],
+                                     "enabled": False},
+                      "crypto_daily_bars": {"data_type": "bars", "provider": "coinbase", "symbols": ["BTC-USD"],
+                                            "enabled": False}},
+    }
+    (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
+    os.environ.update({"STOCKPULSE_CONFIG": str(workdir / "bench.yaml"), "STOCKPULSE_DATABASE_URL": args.database_url,
+                       "STOCKPULSE_REDIS_URL": args.redis_url, "STOCKPULSE_HOME": str(ROOT)})
+
+    import redis
+    from sqlalchemy import func, select
+
+    from stockpulse.db.engine import get_engine, normalise_url
+    from stockpulse.db.migrate import upgrade
+    from stockpulse.db.models import bars, pipeline_run_batches
+
+    engine = get_engine(args.database_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    upgrade(args.database_url)
+    redis.Redis.from_url(args.redis_url).flushdb()
+
+    log = open(workdir / "worker.log", "wb")
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", "historical",
+                               "-c", str(args.concurrency), "-l", "WARNING", "--without-mingle", "--without-gossip"],
+                              cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    from stockpulse import app
+
+    deadline = time.monotonic() + 60
+    while not app.control.ping(timeout=0.5) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    sampler = RssSampler(worker.pid)
+    sampler.start()
+
+    from stockpulse.pipeline.runs import FINAL, get_run, start_run
+
+    def timed_run() -> tuple[float, object, float]:
+        began = time.perf_counter()
+        run_id = start_run("bench_bars", trigger="backfill", start=start, end=end)
+        while (run := get_run(run_id)).status not in FINAL:
+            time.sleep(0.05)
+        wall = time.perf_counter() - began
+        with engine.connect() as conn:
+            loads = conn.execute(select(pipeline_run_batches.c.load_started_at, pipeline_run_batches.c.load_finished_at)
+                                 .where(pipeline_run_batches.c.run_id == run_id)).all()
+        load_busy = sum((b.load_finished_at - b.load_started_at).total_seconds() for b in loads)
+        return wall, run, load_busy
+
+    try:
+        wall1, run1, load1 = timed_run()
+        if run1.status != "succeeded":
+            print(f"run failed: {run1.error_message}\n{(workdir / 'worker.log').read_text()[-3000:]}")
+            return 1
+        rows = run1.records_loaded
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(bars)).scalar() == rows == args.symbols * args.bars
+        rerun = None if args.skip_rerun else timed_run()
+    finally:
+        sampler.stop_event.set()
+        worker.terminate()
+        worker.wait(30)
+
+    # Raw binary COPY of the same rows into an empty table with the same key.
+    import psycopg
+
+    with engine.connect() as conn:
+        data = conn.execute(select(bars.c.symbol, bars.c.interval, bars.c.ts, bars.c.open, bars.c.high, bars.c.low,
+                                   bars.c.close, bars.c.volume, bars.c.source, bars.c.ingested_at)).all()
+    dsn = normalise_url(args.database_url).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn) as pg:
+        pg.execute("DROP TABLE IF EXISTS bench_raw_bars")
+        pg.execute("CREATE TABLE bench_raw_bars (LIKE bars INCLUDING ALL)")
+        pg.commit()
+        began = time.perf_counter()
+        with pg.cursor() as cur, cur.copy("COPY bench_raw_bars FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["text", "text", "timestamptz", "float8", "float8", "float8", "float8", "float8", "text",
+                            "timestamptz"])
+            for row in data:
+                copy.write_row(row)
+        pg.commit()
+        raw_s = time.perf_counter() - began
+        pg.execute("DROP TABLE bench_raw_bars")
+        pg.commit()
+
+    raw_rate, chain_rate, load_rate = rows / raw_s, rows / wall1, rows / load1
+    print(f"rows: {rows:,} ({args.symbols} symbols x {args.bars} daily bars), batch size {args.batch_size}, "
+          f"worker concurrency {args.concurrency}")
+    print(f"raw binary COPY:          {raw_rate:>10,.0f} rows/s ({raw_s:.2f} s)")
+    print(f"whole chain (first run):  {chain_rate:>10,.0f} rows/s ({wall1:.2f} s)   ratio {chain_rate / raw_rate:.2f} x COPY "
+          f"(target >= 0.2)")
+    print(f"load stage alone:         {load_rate:>10,.0f} rows/s ({load1:.2f} s summed) ratio {load_rate / raw_rate:.2f} x COPY "
+          f"(target >= 0.4)")
+    if rerun:
+        wall2, run2, load2 = rerun
+        print(f"whole chain (re-run):     {rows / wall2:>10,.0f} rows/s ({wall2:.2f} s)   {wall1 / wall2:.2f} x the first run "
+              f"(target >= 1.0); load stage {rows / load2:,.0f} rows/s; status {run2.status}")
+    print(f"worker peak RSS:          {sampler.peak_total / 2**20:.0f} MB total (main + children), "
+          f"{sampler.peak_single / 2**20:.0f} MB largest process (target < 400 MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
