@@ -79,6 +79,16 @@ def _beat_schedule() -> dict[str, Any]:
 app = create_app()
 
 
+@signals.setup_logging.connect
+def _setup_logging(loglevel: Any = None, **_: Any) -> None:
+    """Our handlers instead of Celery's: JSON lines (or console) with task and run ids on every record."""
+    from stockpulse.observability.logging import configure_logging
+
+    conf = get_settings().logging
+    level = conf.get("level") or (loglevel if isinstance(loglevel, str) else "INFO")
+    configure_logging(level, conf.get("format", "json"))
+
+
 @signals.worker_process_init.connect
 @signals.worker_init.connect
 def _tune_gc(**_: Any) -> None:

@@ -124,7 +124,7 @@ def pipelines() -> None:
     for name, pipe in sorted(settings.pipelines.items()):
         table.add_row(name, pipe.data_type, pipe.provider, pipe.queue, str(len(pipe.symbols)),
                       "yes" if pipe.enabled else "no", ", ".join(schedules.get(name, [])) or "-")
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 def _wait_for(run_ids: list[str], *, timeout: float, progress: bool = False) -> list[Any]:

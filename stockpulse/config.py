@@ -66,7 +66,8 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
         "load": {"max_retries": 8, "backoff_base_s": 2.0, "backoff_cap_s": 300.0, "soft_time_limit_s": 600,
                  "time_limit_s": 720},
     },
-    "logging": {"level": "INFO", "format": "json"},
+    # level: the -l option of celery commands unless set here.
+    "logging": {"format": "json"},
     "providers": {},
     "symbols": {},
     "pipelines": {},
@@ -215,6 +216,11 @@ class PipelineSchema(_Strict):
     options = fields.Dict(keys=fields.String(), load_default=dict)
 
 
+class LoggingSchema(_Strict):
+    level = fields.String(validate=validate.OneOf(("DEBUG", "INFO", "WARNING", "ERROR")))
+    format = fields.String(validate=validate.OneOf(("json", "console")))
+
+
 class SettingsSchema(_Strict):
     environment = fields.String(required=True)
     database_url = fields.String(required=True, validate=validate.Regexp(
@@ -227,7 +233,7 @@ class SettingsSchema(_Strict):
     celery = fields.Dict(keys=fields.String(), required=True)
     payloads = fields.Dict(keys=fields.String(), required=True)
     stages = fields.Nested(StagesSchema, required=True)
-    logging = fields.Dict(keys=fields.String(), required=True)
+    logging = fields.Nested(LoggingSchema, required=True)
     providers = fields.Dict(keys=fields.String(), values=fields.Nested(ProviderSchema), required=True)
     symbols = fields.Dict(keys=fields.String(), values=fields.List(fields.String(validate=_ticker)),
                           required=True)

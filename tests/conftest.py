@@ -52,6 +52,7 @@ def test_config(sim_url: str) -> dict[str, Any]:
             "time_limit_s": 90}
     return {
         "environment": "test",
+        "logging": {"format": "json"},
         # Small, so a message held by a SIGKILLed worker comes back quickly; above every retry countdown.
         "celery": {"visibility_timeout_s": 8, "unacked_restore_interval_s": 2},
         "stages": {"fetch": fast, "transform": fast, "load": fast},

@@ -54,6 +54,14 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC)
 
 
+STAGES = ("fetch", "transform", "load")
+
+
+def stage_columns() -> list[Column]:
+    """Start and end of each stage, on runs and on their batches."""
+    return [Column(f"{stage}_{edge}_at", UTCDateTime()) for stage in STAGES for edge in ("started", "finished")]
+
+
 bars = Table(
     "bars", metadata,
     Column("symbol", String(24), primary_key=True),
@@ -81,12 +89,7 @@ pipeline_runs = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime()),
     Column("finished_at", UTCDateTime()),
-    Column("fetch_started_at", UTCDateTime()),
-    Column("fetch_finished_at", UTCDateTime()),
-    Column("transform_started_at", UTCDateTime()),
-    Column("transform_finished_at", UTCDateTime()),
-    Column("load_started_at", UTCDateTime()),
-    Column("load_finished_at", UTCDateTime()),
+    *stage_columns(),
     Column("batches_total", Integer, nullable=False, default=0),
     Column("batches_done", Integer, nullable=False, default=0),
     Column("records_fetched", Integer, nullable=False, default=0),
@@ -113,12 +116,7 @@ pipeline_run_batches = Table(
     Column("valid", Integer, nullable=False, default=0),
     Column("rejected", Integer, nullable=False, default=0),
     Column("loaded", Integer, nullable=False, default=0),
-    Column("fetch_started_at", UTCDateTime()),
-    Column("fetch_finished_at", UTCDateTime()),
-    Column("transform_started_at", UTCDateTime()),
-    Column("transform_finished_at", UTCDateTime()),
-    Column("load_started_at", UTCDateTime()),
-    Column("load_finished_at", UTCDateTime()),
+    *stage_columns(),
     Column("attempts", JSON, nullable=False),
     Column("task_ids", JSON, nullable=False),
     Column("error_type", String(64)),

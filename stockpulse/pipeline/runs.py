@@ -16,6 +16,7 @@ from sqlalchemy import Connection, select, update
 
 from stockpulse.config import PipelineSettings, get_settings
 from stockpulse.db.engine import get_engine
+from stockpulse.db.models import STAGES
 from stockpulse.db.models import pipeline_run_batches as batches_t
 from stockpulse.db.models import pipeline_runs as runs_t
 from stockpulse.db.models import watermarks as watermarks_t
@@ -23,7 +24,6 @@ from stockpulse.errors import ConfigError, utcnow
 
 TRIGGERS = ("schedule", "manual", "backfill", "replay")
 FINAL = ("succeeded", "partial", "failed")
-STAGES = ("fetch", "transform", "load")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from stockpulse.providers.base import (
     Fetcher,
     ProviderSpec,
     Query,
-    bar_record,
+    compact_bar_record,
     intraday_ts,
     session_date_ts,
 )
@@ -61,14 +61,9 @@ class AlpacaBarsFetcher(Fetcher):
         for body in pages:
             for symbol, rows in (body.get("bars") or {}).items():
                 for row in rows or ():
-                    if not isinstance(row, dict):
-                        yield {"symbol": symbol, "_raw": row}
-                        continue
-                    t = row.get("t", MISSING)
-                    yield bar_record(symbol, query.interval,
-                                     session_date_ts(t) if daily else intraday_ts(t),
-                                     row.get("o", MISSING), row.get("h", MISSING), row.get("l", MISSING),
-                                     row.get("c", MISSING), row.get("v", MISSING), "alpaca")
+                    t = row.get("t", MISSING) if isinstance(row, dict) else MISSING
+                    yield compact_bar_record(symbol, query.interval, row,
+                                             session_date_ts(t) if daily else intraday_ts(t), "alpaca")
 
 
 PROVIDER = ProviderSpec(

@@ -245,6 +245,15 @@ class _Missing:
 MISSING: Any = _Missing()
 
 
+def compact_bar_record(symbol: str, interval: str, row: Any, ts: Any, source: str) -> dict[str, Any]:
+    """A bar from the single-letter keys Alpaca and Polygon share (o, h, l, c, v); ``ts`` already converted.
+    A row that is not an object is passed on whole, for validation to reject with a reason."""
+    if not isinstance(row, dict):
+        return {"symbol": symbol, "_raw": row}
+    return bar_record(symbol, interval, ts, row.get("o", MISSING), row.get("h", MISSING), row.get("l", MISSING),
+                      row.get("c", MISSING), row.get("v", MISSING), source)
+
+
 def bar_record(symbol: Any, interval: str, ts: Any, o: Any, h: Any, low: Any, c: Any, v: Any,
                source: str) -> dict[str, Any]:
     record = {"symbol": symbol, "interval": interval, "ts": ts, "open": o, "high": h, "low": low, "close": c,

@@ -20,7 +20,7 @@ from stockpulse.providers.base import (
     Fetcher,
     ProviderSpec,
     Query,
-    bar_record,
+    compact_bar_record,
     daily_from_epoch,
     intraday_ts,
 )
@@ -69,14 +69,10 @@ class PolygonBarsFetcher(Fetcher):
             body = page["body"]
             symbol = body.get("ticker") or page["symbol"]
             for row in body.get("results") or ():  # absent when nothing matched
-                if not isinstance(row, dict):
-                    yield {"symbol": symbol, "_raw": row}
-                    continue
-                t = row.get("t", MISSING)
-                yield bar_record(symbol, query.interval,
-                                 daily_from_epoch(t, unit="ms") if daily else intraday_ts(t, unit="ms"),
-                                 row.get("o", MISSING), row.get("h", MISSING), row.get("l", MISSING),
-                                 row.get("c", MISSING), row.get("v", MISSING), "polygon")
+                t = row.get("t", MISSING) if isinstance(row, dict) else MISSING
+                yield compact_bar_record(symbol, query.interval, row,
+                                         daily_from_epoch(t, unit="ms") if daily else intraday_ts(t, unit="ms"),
+                                         "polygon")
 
 
 PROVIDER = ProviderSpec(

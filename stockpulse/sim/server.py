@@ -68,7 +68,6 @@ class SimState:
 
     def next_fault(self, provider: str) -> str | None:
         with self.lock:
-            self.stats[provider] += 1
             for name in (provider, "*"):
                 queue = self.queued.get(name)
                 if queue:
@@ -207,6 +206,11 @@ def polygon_aggs(state: SimState, path: str, query: dict[str, str], headers: Any
     if not match:
         raise Reply(404, {"status": "NOT_FOUND", "request_id": request_id, "message": "Not found"})
     ticker, multiplier, timespan, from_, to = match.groups()
+    if timespan in ("second", "minute", "hour"):
+        # The simulated plan is Polygon's free one: end-of-day data only.
+        raise Reply(403, {"status": "NOT_AUTHORIZED", "request_id": request_id,
+                          "message": "You are not entitled to this data. Please upgrade your plan at "
+                                     "https://polygon.io/pricing"})
     if timespan != "day" or multiplier != "1":
         raise Reply(400, {"status": "ERROR", "request_id": request_id,
                           "error": "the simulator serves 1/day aggregates"})
@@ -388,6 +392,8 @@ class SimHandler(BaseHTTPRequestHandler):
         if route is None:
             return self._json(404, {"message": "not found", "path": parts.path})
         provider, handler = route
+        with self.state.lock:
+            self.state.stats[provider] += 1
         fault = self.headers.get("X-Sim-Fault") or query.pop("sim_fault", None) or self.state.next_fault(provider)
         if fault and self._fault(provider, fault):
             return

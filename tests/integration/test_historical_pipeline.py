@@ -223,3 +223,27 @@ def test_a_finished_run_is_not_reopened_by_a_redelivered_stage(clean_stack: Stac
     batch = runs_module.stage_started(run.id, 0, "load", "redelivered", 1)
     assert batch.status == "loaded"
     assert runs_module.get_run(run.id).status == "succeeded"
+
+
+def test_worker_logs_are_json_lines_carrying_run_and_task_ids(clean_stack: Stack) -> None:
+    run = clean_stack.run("daily_bars", symbols=["AAPL"], start=START, end=END)
+    records = []
+    for line in clean_stack.worker.log().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    mine = [r for r in records if r.get("run_id") == run.id]
+    stages = {r["stage"] for r in mine if "stage" in r}
+    assert stages == {"fetch", "transform", "load"}
+    assert all(r["task_id"] and r["task_name"].startswith("stockpulse.pipeline.") for r in mine)
+    assert all({"timestamp", "level", "logger", "message"} <= set(r) for r in mine)
+    assert any(r["message"].startswith("loaded 65 rows") for r in mine)
+
+
+def test_inspect_registered_lists_the_pipeline_tasks(clean_stack: Stack) -> None:
+    result = subprocess.run([sys.executable, "-m", "celery", "-A", "stockpulse", "inspect", "registered",
+                             "--timeout", "5"], cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    for task in ("stockpulse.pipeline.run", "stockpulse.pipeline.fetch", "stockpulse.pipeline.transform",
+                 "stockpulse.pipeline.load"):
+        assert task in result.stdout

@@ -34,3 +34,12 @@ def test_more_than_300_candles_is_rejected_like_coinbase(sim_url: str, sim) -> N
 def test_unknown_product_is_permanent(sim_url: str, sim) -> None:
     with pytest.raises(PermanentError, match="NotFound"):
         fetch("coinbase", sim_url, ("ZZZ-USD",), date(2024, 1, 1), date(2024, 1, 10))
+
+
+def test_public_rate_limit_is_transient(sim_url: str, sim) -> None:
+    from stockpulse.errors import TransientError
+
+    sim.fault("coinbase", "429")
+    with pytest.raises(TransientError, match="Public rate limit exceeded") as info:
+        fetch("coinbase", sim_url, ("BTC-USD",), date(2024, 1, 1), date(2024, 1, 10))
+    assert info.value.retry_after == 1.0

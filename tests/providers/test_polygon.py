@@ -44,3 +44,8 @@ def test_rate_limit_is_transient(sim_url: str, sim) -> None:
     sim.fault("polygon", "429")
     with pytest.raises(TransientError, match="exceeded the maximum requests per minute"):
         fetch("polygon", sim_url, ("AAPL",), START, END)
+
+
+def test_plan_restriction_is_permanent_with_the_message_key(sim_url: str, sim) -> None:
+    with pytest.raises(PermanentError, match="You are not entitled to this data"):
+        fetch("polygon", sim_url, ("AAPL",), START, END, interval="1m")
