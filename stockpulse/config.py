@@ -241,6 +241,16 @@ class SettingsSchema(_Strict):
                             values=fields.Nested(PipelineSchema), required=True)
     sim = fields.Dict(keys=fields.String(), required=True)
 
+    @validates_schema
+    def _visibility_above_countdowns(self, data: dict, **_: Any) -> None:
+        # Redis redelivers any message unacked for longer than the visibility timeout, including a retry
+        # waiting out its countdown in a worker: that would run the stage twice.
+        visibility = data["celery"].get("visibility_timeout_s", 3600)
+        longest = max(policy.backoff_cap_s for policy in data["stages"].values())
+        if not isinstance(visibility, (int, float)) or visibility <= longest:
+            raise ValidationError(f"must be greater than the longest retry countdown (stages.*.backoff_cap_s = "
+                                  f"{longest:g}s), got {visibility!r}", "celery.visibility_timeout_s")
+
 
 # --------------------------------------------------------------------------------------------------
 # Loading

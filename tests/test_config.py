@@ -55,6 +55,8 @@ def test_urls_and_secret_files(tmp_path: Path) -> None:
     ({"pipelines": {"daily_bars": {"provider": "acme"}}}, {}, r"pipelines\.daily_bars\.provider: unknown provider 'acme'"),
     ({"symbols": {"us_large_caps": ["AAPL", "drop table"]}}, {}, r"symbols\.us_large_caps\.1: invalid symbol 'drop table'"),
     ({"timezone": "Mars/Olympus"}, {}, r"timezone: unknown timezone 'Mars/Olympus'"),
+    ({"celery": {"visibility_timeout_s": 60}}, {},
+     r"celery\.visibility_timeout_s: must be greater than the longest retry countdown"),
 ])
 def test_invalid_configuration_names_key_and_source(tmp_path: Path, config: dict, env: dict, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
