@@ -257,6 +257,202 @@ def runs(pipeline: str | None, status: str | None, limit: int, as_json: bool) ->
     Console(width=200).print(table)
 
 
+# ---------------------------------------------------------------------------------------------- providers
+
+
+@main.command()
+def providers() -> None:
+    """Each provider's circuit-breaker state and remaining request quota (shared by all workers)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from stockpulse.providers import PROVIDERS
+    from stockpulse.reliability import breaker, quotas
+
+    table = Table("provider", "quota", "remaining", "window resets in", "breaker", "consecutive failures")
+    for name in sorted(PROVIDERS):
+        quota = quotas.status(name)
+        state, failures = breaker.state(name)
+        table.add_row(name, quota.limit or "-", "-" if quota.remaining is None else str(quota.remaining),
+                      "-" if quota.resets_in_s is None else f"{quota.resets_in_s:.0f}s", state, str(failures))
+    Console(width=200).print(table)
+
+
+# ---------------------------------------------------------------------------------------------- dlq
+
+
+def _age(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    from stockpulse.schedule import parse_duration
+
+    try:
+        return parse_duration(value).total_seconds()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """A duration back from now (1h, 2d) or an ISO date/time."""
+    if value is None:
+        return None
+    from datetime import UTC, datetime
+
+    from stockpulse.schedule import parse_duration
+
+    try:
+        return time.time() - parse_duration(value).total_seconds()
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a duration (1h, 2d) nor a date/time") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter queue: stages that failed for good."""
+
+
+@dlq.command("list")
+@click.option("--pipeline")
+@click.option("--since", callback=_since, help="Only entries that failed since (1h, 2d or an ISO time).")
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(pipeline: str | None, since: float | None, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from stockpulse.reliability import dlq as dead
+
+    found = dead.entries(pipeline=pipeline, since=since)
+    if as_json:
+        for entry in found:
+            click.echo(json.dumps(entry.summary()))
+        return
+    table = Table("id", "pipeline", "stage", "error", "attempts", "last failure", "message")
+    for e in found:
+        table.add_row(e.id, e.pipeline, e.stage, e.error_type, str(e.attempts), e.summary()["last_failure"],
+                      e.message[:90])
+    Console(width=220).print(table)
+
+
+@dlq.command("show")
+@click.argument("entry_id")
+def dlq_show(entry_id: str) -> None:
+    from stockpulse.reliability import dlq as dead
+
+    entry = dead.get(entry_id)
+    data = entry.summary()
+    data["traceback"] = entry.traceback
+    data["stage_input"] = entry.stage_input if not isinstance(entry.stage_input, dict) or "inline" not in \
+        entry.stage_input else {"inline": f"<{entry.stage_input.get('bytes', '?')} bytes>"}
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@dlq.command("replay")
+@click.argument("entry_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="Every entry (of --pipeline, if given).")
+@click.option("--pipeline")
+@click.option("--dry-run", is_flag=True, help="Say what would be replayed; change nothing.")
+def dlq_replay(entry_id: str | None, replay_all: bool, pipeline: str | None, dry_run: bool) -> None:
+    """Re-run failed batches with a fresh retry budget (a new run, trigger replay)."""
+    from stockpulse.reliability import dlq as dead
+
+    if bool(entry_id) == replay_all:
+        raise click.UsageError("give one entry id, or --all")
+    ids = [entry_id] if entry_id else [e.id for e in dead.entries(pipeline=pipeline)]
+    for i in ids:
+        result = dead.replay(i, dry_run=dry_run)
+        if dry_run:
+            click.echo(f"would replay {i}: {result['pipeline']} batch {result['batch_no']} of run "
+                       f"{result['original_run']} (failed in {result['failed_stage']})")
+        else:
+            click.echo(f"replayed {i} as run {result['replay_run']} from {result['from_stage']}")
+    if not ids:
+        click.echo("nothing to replay")
+
+
+@dlq.command("purge")
+@click.argument("entry_id", required=False)
+@click.option("--older-than", callback=_age, help="Entries whose last failure is older than this (7d, 12h).")
+def dlq_purge(entry_id: str | None, older_than: float | None) -> None:
+    from stockpulse.reliability import dlq as dead
+
+    if (entry_id is None) == (older_than is None):
+        raise click.UsageError("give one entry id, or --older-than")
+    click.echo(f"purged {dead.purge(entry_id, older_than_s=older_than)} entries")
+
+
+# ---------------------------------------------------------------------------------------------- quarantine
+
+
+@main.group()
+def quarantine() -> None:
+    """Records rejected by validation, kept with the reason."""
+
+
+@quarantine.command("list")
+@click.option("--pipeline")
+@click.option("--reason", help="Only reasons containing this text.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--json", "as_json", is_flag=True)
+def quarantine_list(pipeline: str | None, reason: str | None, limit: int, as_json: bool) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from stockpulse.pipeline.quarantine import list_quarantined
+
+    rows = list_quarantined(pipeline=pipeline, reason=reason, limit=limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
+                                   for k, v in row._mapping.items()}))
+        return
+    table = Table("id", "pipeline", "provider", "symbol", "run", "reason", "at")
+    for row in rows:
+        table.add_row(str(row.id), row.pipeline, row.provider, row.symbol or "-", row.run_id[:8], row.reason[:90],
+                      row.created_at.strftime("%Y-%m-%d %H:%M:%S"))
+    Console(width=220).print(table)
+
+
+@quarantine.command("show")
+@click.argument("row_id", type=int)
+def quarantine_show(row_id: int) -> None:
+    from stockpulse.pipeline.quarantine import get_quarantined
+
+    row = get_quarantined(row_id)
+    if row is None:
+        raise StockPulseError(f"no quarantined record {row_id}")
+    data = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row._mapping.items()}
+    data["record"] = json.loads(row.record)
+    click.echo(json.dumps(data, indent=2))
+
+
+@quarantine.command("reprocess")
+@click.option("--pipeline")
+def quarantine_reprocess(pipeline: str | None) -> None:
+    """Validate quarantined records again with the current schemas; load those that now pass."""
+    from stockpulse.pipeline.quarantine import reprocess
+
+    counts = reprocess(pipeline=pipeline)
+    click.echo(f"checked {counts['checked']}: loaded {counts['loaded']}, still invalid {counts['still_invalid']}")
+
+
+@quarantine.command("purge")
+@click.argument("row_id", type=int, required=False)
+@click.option("--pipeline")
+@click.option("--older-than", callback=_age)
+@click.option("--all", "purge_all", is_flag=True, help="Needed to purge without any filter.")
+def quarantine_purge(row_id: int | None, pipeline: str | None, older_than: float | None, purge_all: bool) -> None:
+    from stockpulse.pipeline.quarantine import purge
+
+    if row_id is None and pipeline is None and older_than is None and not purge_all:
+        raise click.UsageError("give a row id, --pipeline, --older-than, or --all")
+    click.echo(f"purged {purge(pipeline=pipeline, older_than_s=older_than, row_id=row_id)} records")
+
+
 # ---------------------------------------------------------------------------------------------- sim
 
 

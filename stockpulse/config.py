@@ -58,6 +58,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
         "result_expires_s": 86400,
     },
     "payloads": {"inline_max_bytes": 65536, "ttl_s": 86400},
+    "dlq": {"max_entries": 10000, "retention_days": 30},
     "stages": {
         "fetch": {"max_retries": 5, "backoff_base_s": 2.0, "backoff_cap_s": 300.0, "soft_time_limit_s": 300,
                   "time_limit_s": 360},
@@ -86,6 +87,7 @@ class StagePolicy:
     backoff_cap_s: float
     soft_time_limit_s: int
     time_limit_s: int
+    jitter: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,8 +99,16 @@ class ProviderSettings:
     timeout_s: float = 30.0
     connect_timeout_s: float = 5.0
     max_response_bytes: int = 50 * 1024 * 1024
+    # Quick in-place retries of one failed request before the stage's own retry takes over.
+    request_retries: int = 2
+    request_backoff_s: float = 0.5
+    request_backoff_cap_s: float = 5.0
     rate_limit: str | None = None
     user_agent: str | None = None
+    # Overrides of the fetch stage's retry policy for this provider (max_retries, backoff_*, jitter).
+    retry: dict[str, Any] = field(default_factory=dict)
+    # Circuit breaker: fail_max consecutive transient failures open it for reset_timeout_s.
+    breaker: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,6 +135,7 @@ class Settings:
     beat_schedule_path: str
     celery: dict[str, Any]
     payloads: dict[str, Any]
+    dlq: dict[str, Any]
     stages: dict[str, StagePolicy]
     logging: dict[str, Any]
     providers: dict[str, ProviderSettings]
@@ -174,6 +185,7 @@ class StagePolicySchema(_Strict):
     backoff_cap_s = fields.Float(required=True, validate=validate.Range(min=0))
     soft_time_limit_s = fields.Integer(required=True, validate=validate.Range(min=1))
     time_limit_s = fields.Integer(required=True, validate=validate.Range(min=1))
+    jitter = fields.Boolean(load_default=True)
 
     @validates_schema
     def _limits(self, data: dict, **_: Any) -> None:
@@ -198,10 +210,27 @@ class ProviderSchema(_Strict):
     timeout_s = fields.Float(validate=validate.Range(min=0.1, max=600))
     connect_timeout_s = fields.Float(validate=validate.Range(min=0.1, max=120))
     max_response_bytes = fields.Integer(validate=validate.Range(min=1024))
+    request_retries = fields.Integer(validate=validate.Range(min=0, max=10))
+    request_backoff_s = fields.Float(validate=validate.Range(min=0))
+    request_backoff_cap_s = fields.Float(validate=validate.Range(min=0, max=60))
     rate_limit = fields.String(allow_none=True, validate=validate.Regexp(
         r"^\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?$", error="rate_limit looks like '200/minute'"))
     user_agent = fields.String(allow_none=True)
+    retry = fields.Nested(lambda: RetryOverrideSchema())
+    breaker = fields.Nested(lambda: BreakerSchema())
     options = fields.Dict(keys=fields.String())
+
+
+class RetryOverrideSchema(_Strict):
+    max_retries = fields.Integer(validate=validate.Range(min=0, max=100))
+    backoff_base_s = fields.Float(validate=validate.Range(min=0))
+    backoff_cap_s = fields.Float(validate=validate.Range(min=0))
+    jitter = fields.Boolean()
+
+
+class BreakerSchema(_Strict):
+    fail_max = fields.Integer(validate=validate.Range(min=1, max=1000))
+    reset_timeout_s = fields.Float(validate=validate.Range(min=0.1, max=86400))
 
 
 class PipelineSchema(_Strict):
@@ -214,6 +243,11 @@ class PipelineSchema(_Strict):
     enabled = fields.Boolean(load_default=True)
     batch_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
     options = fields.Dict(keys=fields.String(), load_default=dict)
+
+
+class DlqSchema(_Strict):
+    max_entries = fields.Integer(validate=validate.Range(min=1))
+    retention_days = fields.Float(validate=validate.Range(min=0.01))
 
 
 class LoggingSchema(_Strict):
@@ -232,6 +266,7 @@ class SettingsSchema(_Strict):
     beat_schedule_path = fields.String(required=True)
     celery = fields.Dict(keys=fields.String(), required=True)
     payloads = fields.Dict(keys=fields.String(), required=True)
+    dlq = fields.Nested(lambda: DlqSchema(), required=True)
     stages = fields.Nested(StagesSchema, required=True)
     logging = fields.Nested(LoggingSchema, required=True)
     providers = fields.Dict(keys=fields.String(), values=fields.Nested(ProviderSchema), required=True)
@@ -246,7 +281,9 @@ class SettingsSchema(_Strict):
         # Redis redelivers any message unacked for longer than the visibility timeout, including a retry
         # waiting out its countdown in a worker: that would run the stage twice.
         visibility = data["celery"].get("visibility_timeout_s", 3600)
-        longest = max(policy.backoff_cap_s for policy in data["stages"].values())
+        caps = [policy.backoff_cap_s for policy in data["stages"].values()]
+        caps += [p["retry"]["backoff_cap_s"] for p in data["providers"].values() if "backoff_cap_s" in p.get("retry", {})]
+        longest = max(caps)
         if not isinstance(visibility, (int, float)) or visibility <= longest:
             raise ValidationError(f"must be greater than the longest retry countdown (stages.*.backoff_cap_s = "
                                   f"{longest:g}s), got {visibility!r}", "celery.visibility_timeout_s")
@@ -459,6 +496,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         beat_schedule_path=str(root / data["beat_schedule_path"]),
         celery=data["celery"],
         payloads=data["payloads"],
+        dlq=data["dlq"],
         stages=data["stages"],
         logging=data["logging"],
         providers=providers,
@@ -536,6 +574,32 @@ def redacted(settings: Settings) -> dict[str, Any]:
 def redact_url(url: str) -> str:
     """Hide a password in a URL such as postgresql://user:secret@host/db."""
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+_SECRET_PARAMS = re.compile(r"(?i)\b(apikey|api_key|apiKey|token|secret|password)=([^&\s'\"]+)")
+
+
+def known_secrets(settings: Settings | None = None) -> list[str]:
+    settings = settings or get_settings()
+    values = []
+    for provider in settings.providers.values():
+        values += [v for v in (provider.api_key, provider.api_secret) if v and len(v) >= 4]
+    for url in (settings.database_url, settings.redis_url):
+        match = re.search(r"://[^:/@]*:([^@]+)@", url)
+        if match:
+            values.append(match.group(1))
+    return sorted(set(values), key=len, reverse=True)
+
+
+def redact_text(text: str, settings: Settings | None = None) -> str:
+    """Remove configured secrets and key-looking query parameters from text bound for a log or a store."""
+    try:
+        secrets = known_secrets(settings)
+    except ConfigError:
+        secrets = []
+    for value in secrets:
+        text = text.replace(value, "***")
+    return _SECRET_PARAMS.sub(r"\1=***", text)
 
 
 _settings: Settings | None = None

@@ -48,6 +48,10 @@ def _start_redis() -> str:
 
 
 def test_config(sim_url: str) -> dict[str, Any]:
+    # Quotas and breakers have their own tests; elsewhere they must not get in the way.
+    # Stage-level retries are what most tests exercise, so requests are not retried in place here.
+    unlimited = {"rate_limit": "10000/second", "breaker": {"fail_max": 50, "reset_timeout_s": 1},
+                 "request_retries": 0}
     fast = {"max_retries": 3, "backoff_base_s": 0.2, "backoff_cap_s": 1.5, "soft_time_limit_s": 60,
             "time_limit_s": 90}
     return {
@@ -59,10 +63,10 @@ def test_config(sim_url: str) -> dict[str, Any]:
         "payloads": {"inline_max_bytes": 4096, "ttl_s": 3600},
         "providers": {
             "alpaca": {"base_url": sim_url, "api_key": "test-key", "api_secret": "test-secret", "timeout_s": 5,
-                       "options": {"page_limit": 700}},
-            "polygon": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5},
-            "alphavantage": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5},
-            "coinbase": {"base_url": sim_url, "timeout_s": 5},
+                       "options": {"page_limit": 700}, **unlimited},
+            "polygon": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
+            "alphavantage": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
+            "coinbase": {"base_url": sim_url, "timeout_s": 5, **unlimited},
         },
         "symbols": {"test_equities": ["AAPL", "MSFT", "IBM"], "test_crypto": ["BTC-USD", "ETH-USD"],
                     "bulk": ["AAPL", "MSFT", "IBM", "AMZN", "NVDA", "GOOGL", "META", "TSLA"]},
@@ -123,6 +127,10 @@ class SimControl:
 
     def fault(self, provider: str, kind: str, times: int = 1) -> None:
         requests.post(f"{self.url}/_sim/faults", json={"provider": provider, "kind": kind, "times": times},
+                      timeout=5).raise_for_status()
+
+    def fault_rate(self, provider: str, rate: float, kinds: list[str]) -> None:
+        requests.post(f"{self.url}/_sim/fault-rate", json={"provider": provider, "rate": rate, "kinds": kinds},
                       timeout=5).raise_for_status()
 
     def corrupt(self, symbol: str, day: str, kind: str, provider: str = "*") -> None:
@@ -205,6 +213,7 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 class Worker:
     process: subprocess.Popen
     log_path: Path
+    extra_env: dict[str, str] | None = None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -230,7 +239,7 @@ def start_worker(name: str, *, concurrency: int = 2, extra_env: dict[str, str] |
             [sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", QUEUES, "-c", str(concurrency),
              "-n", f"{name}@%h", "-l", "INFO", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    worker = Worker(process, log_path)
+    worker = Worker(process, log_path, extra_env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -263,8 +272,15 @@ class Stack:
     worker: Worker
 
     def ensure_worker(self) -> None:
-        if self.worker.process.poll() is not None:
+        if self.worker.process.poll() is not None or self.worker.extra_env:
+            self.worker.stop()
             self.worker = start_worker(f"test-{self.backend}")
+
+    def restart_worker(self, **extra_env: str) -> Worker:
+        """Replace the worker with one whose environment adds ``extra_env`` (until the next test)."""
+        self.worker.stop()
+        self.worker = start_worker(f"test-{self.backend}-custom", extra_env=extra_env)
+        return self.worker
 
     def run(self, pipeline: str, *, timeout: float = 60, **kwargs: Any) -> Any:
         from stockpulse.pipeline.runs import start_run
@@ -295,8 +311,10 @@ def clean_stack(stack: Stack, sim: SimControl, redis_client: redis.Redis) -> Ite
     with get_engine().begin() as conn:
         for table in reversed(metadata.sorted_tables):
             conn.execute(table.delete())
-    for key in redis_client.scan_iter("stockpulse:payload:*"):
-        redis_client.delete(key)
+    for pattern in ("stockpulse:payload:*", "stockpulse:dlq:*", "stockpulse:breaker:*", "stockpulse:quota*",
+                    "stockpulse:failures:*", "stockpulse:fetch-checkpoint:*"):
+        for key in redis_client.scan_iter(pattern):
+            redis_client.delete(key)
     yield stack
 
 

@@ -148,3 +148,13 @@ def raise_watermarks(conn: Connection, watermarks: Table, pipeline: str, latest:
     stmt = stmt.on_conflict_do_update(index_elements=["pipeline", "symbol"],
                                       set_={"last_ts": newest, "updated_at": stmt.excluded.updated_at})
     conn.execute(stmt, params)
+
+
+def latest_per_symbol(rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> dict[str, Any]:
+    """The newest ``ts`` per symbol among rows (for watermarks)."""
+    ts_at, sym_at = columns.index("ts"), columns.index("symbol")
+    latest: dict[str, Any] = {}
+    for row in rows:
+        if row[sym_at] not in latest or row[ts_at] > latest[row[sym_at]]:
+            latest[row[sym_at]] = row[ts_at]
+    return latest

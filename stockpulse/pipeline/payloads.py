@@ -8,22 +8,12 @@ import uuid
 from typing import Any
 
 import orjson
-import redis
 
 from stockpulse.config import get_settings
 from stockpulse.errors import PermanentError
+from stockpulse.redis_conn import redis_client
 
 KEY_PREFIX = "stockpulse:payload:"
-_clients: dict[str, redis.Redis] = {}
-
-
-def redis_client(url: str | None = None) -> redis.Redis:
-    url = url or get_settings().redis_url
-    client = _clients.get(url)
-    if client is None:
-        client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5, health_check_interval=30)
-        _clients[url] = client
-    return client
 
 
 def put(value: Any, *, run_id: str, label: str) -> dict[str, Any]:
@@ -44,6 +34,10 @@ def get(handle: dict[str, Any]) -> Any:
         raise PermanentError(f"stored payload {handle['ref']} is gone (expired, or Redis lost it); "
                              "re-run the pipeline for this range")
     return orjson.loads(data)
+
+
+def exists(handle: dict[str, Any] | None) -> bool:
+    return bool(handle) and ("inline" in handle or bool(redis_client().exists(handle["ref"])))
 
 
 def delete(*handles: dict[str, Any] | None) -> None:

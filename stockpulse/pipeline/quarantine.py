@@ -35,3 +35,80 @@ def quarantine_records(conn: Connection, rejected: Sequence[Rejected], *, pipeli
     stmt = insert(quarantine_t).on_conflict_do_nothing(index_elements=["run_id", "batch_no", "record_no"])
     conn.execute(stmt, rows)
     return len(rows)
+
+
+def list_quarantined(*, pipeline: str | None = None, reason: str | None = None, limit: int = 100) -> list[Any]:
+    from sqlalchemy import select
+
+    from stockpulse.db.engine import get_engine
+
+    query = select(quarantine_t).order_by(quarantine_t.c.id.desc()).limit(limit)
+    if pipeline:
+        query = query.where(quarantine_t.c.pipeline == pipeline)
+    if reason:
+        query = query.where(quarantine_t.c.reason.contains(reason))
+    with get_engine().connect() as conn:
+        return conn.execute(query).all()
+
+
+def get_quarantined(row_id: int) -> Any:
+    from sqlalchemy import select
+
+    from stockpulse.db.engine import get_engine
+
+    with get_engine().connect() as conn:
+        return conn.execute(select(quarantine_t).where(quarantine_t.c.id == row_id)).one_or_none()
+
+
+def reprocess(*, pipeline: str | None = None) -> dict[str, int]:
+    """Validate quarantined records again with the current schemas; load and release those that pass."""
+    from sqlalchemy import delete, select
+
+    from stockpulse.datatypes import get_data_type
+    from stockpulse.db.engine import get_engine
+    from stockpulse.db.models import watermarks as watermarks_t
+    from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
+
+    query = select(quarantine_t).order_by(quarantine_t.c.id)
+    if pipeline:
+        query = query.where(quarantine_t.c.pipeline == pipeline)
+    counts = {"checked": 0, "loaded": 0, "still_invalid": 0}
+    with get_engine().begin() as conn:
+        rows = conn.execute(query).all()
+        by_type: dict[tuple[str, str], list[tuple[int, dict[str, Any]]]] = {}
+        for row in rows:
+            counts["checked"] += 1
+            data_type = get_data_type(row.data_type)
+            canonical, reason = data_type.validate_one(orjson.loads(row.record))
+            if canonical is None:
+                counts["still_invalid"] += 1
+                if reason and reason != row.reason:
+                    conn.execute(quarantine_t.update().where(quarantine_t.c.id == row.id).values(reason=reason[:4000]))
+                continue
+            by_type.setdefault((row.data_type, row.pipeline), []).append((row.id, canonical))
+        for (type_name, pipe_name), items in by_type.items():
+            data_type = get_data_type(type_name)
+            loaded = [data_type.from_row(r) for r in data_type.rows([c for _, c in items])]
+            upsert(conn, data_type.table, data_type.columns, data_type.key, loaded)
+            raise_watermarks(conn, watermarks_t, pipe_name, latest_per_symbol(loaded, data_type.columns))
+            conn.execute(delete(quarantine_t).where(quarantine_t.c.id.in_([i for i, _ in items])))
+            counts["loaded"] += len(items)
+    return counts
+
+
+def purge(*, pipeline: str | None = None, older_than_s: float | None = None, row_id: int | None = None) -> int:
+    from datetime import timedelta
+
+    from sqlalchemy import delete
+
+    from stockpulse.db.engine import get_engine
+
+    stmt = delete(quarantine_t)
+    if row_id is not None:
+        stmt = stmt.where(quarantine_t.c.id == row_id)
+    if pipeline:
+        stmt = stmt.where(quarantine_t.c.pipeline == pipeline)
+    if older_than_s is not None:
+        stmt = stmt.where(quarantine_t.c.created_at < utcnow() - timedelta(seconds=older_than_s))
+    with get_engine().begin() as conn:
+        return conn.execute(stmt).rowcount

@@ -65,15 +65,13 @@ def plan_batches(pipe: PipelineSettings, symbols: tuple[str, ...], start: date |
 def start_run(pipeline: str, *, symbols: list[str] | None = None, trigger: str = "manual",
               start: date | str | None = None, end: date | str | None = None) -> str:
     """Record a run and enqueue one chain per batch on the pipeline's queue; returns the run id."""
-    from stockpulse.pipeline.tasks import chain_for_batch
+    from stockpulse.config import TICKER_PATTERN
+    from stockpulse.pipeline.tasks import chain_from
 
-    settings = get_settings()
-    pipe = settings.pipeline(pipeline)
+    pipe = get_settings().pipeline(pipeline)
     if trigger not in TRIGGERS:
         raise ConfigError(f"unknown trigger {trigger!r}")
     chosen = tuple(symbols) if symbols else pipe.symbols
-    from stockpulse.config import TICKER_PATTERN
-
     bad = [s for s in chosen if not TICKER_PATTERN.match(s)]
     if bad:
         raise ConfigError(f"invalid symbol {bad[0]!r}")
@@ -83,31 +81,59 @@ def start_run(pipeline: str, *, symbols: list[str] | None = None, trigger: str =
     end_d = date.fromisoformat(end) if isinstance(end, str) else end
     if start_d and end_d and start_d > end_d:
         raise ConfigError(f"start {start_d} is after end {end_d}")
-    run_id = str(uuid.uuid4())
-    engine = get_engine()
-    with engine.begin() as conn:
+    with get_engine().begin() as conn:
         plans = plan_batches(pipe, chosen, start_d, end_d, conn)
-        now = utcnow()
-        conn.execute(runs_t.insert().values(
-            id=run_id, pipeline=pipe.name, data_type=pipe.data_type, provider=pipe.provider, trigger=trigger,
-            status="queued", created_at=now, batches_total=len(plans), batches_done=0,
-            records_fetched=0, records_loaded=0, records_rejected=0, task_ids=[],
-            params={"symbols": list(chosen), "start": start_d.isoformat() if start_d else None,
-                    "end": end_d.isoformat() if end_d else None, "interval": pipe.interval},
-        ))
-        conn.execute(batches_t.insert(), [
-            {"run_id": run_id, "batch_no": p.batch_no, "symbols": list(p.symbols), "start": p.start.isoformat(),
-             "end": p.end.isoformat(), "status": "queued", "fetched": 0, "valid": 0, "rejected": 0, "loaded": 0,
-             "attempts": {}, "task_ids": {}}
-            for p in plans
-        ])
-    task_ids = []
-    for plan in plans:
-        result = chain_for_batch(run_id, plan.batch_no, pipe.name).apply_async()
-        task_ids.append(result.id)
-    with engine.begin() as conn:
-        conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(task_ids=task_ids))
+        run_id = _create_run(conn, pipe, trigger, plans, {
+            "symbols": list(chosen), "start": start_d.isoformat() if start_d else None,
+            "end": end_d.isoformat() if end_d else None, "interval": pipe.interval})
+    _enqueue(run_id, [chain_from("fetch", None, run_id, p.batch_no, pipe.name) for p in plans])
     return run_id
+
+
+def start_replay(entry: Any) -> tuple[str, str]:
+    """A new run (trigger ``replay``) for a dead-lettered batch, from its failed stage when that stage's
+    stored input is still there, else from fetch. Returns (run id, first stage)."""
+    from stockpulse.pipeline import payloads
+    from stockpulse.pipeline.tasks import chain_from
+
+    pipe = get_settings().pipeline(entry.pipeline)
+    with get_engine().begin() as conn:
+        original = load_batch(conn, entry.run_id, entry.batch_no)
+        plan = BatchPlan(0, tuple(original.symbols), date.fromisoformat(original.start),
+                         date.fromisoformat(original.end))
+        run_id = _create_run(conn, pipe, "replay", [plan], {
+            "symbols": list(plan.symbols), "start": original.start, "end": original.end, "interval": pipe.interval,
+            "replay_of": entry.id, "original_run": entry.run_id, "original_batch": entry.batch_no})
+    stage, stage_input = "fetch", None
+    handles = [entry.stage_input] if entry.stage == "transform" else \
+        [(entry.stage_input or {}).get("rows"), (entry.stage_input or {}).get("fetched")]
+    if entry.stage != "fetch" and entry.stage_input and all(payloads.exists(h) for h in handles if h is not None):
+        stage, stage_input = entry.stage, entry.stage_input
+    _enqueue(run_id, [chain_from(stage, stage_input, run_id, 0, pipe.name)])
+    return run_id, stage
+
+
+def _create_run(conn: Connection, pipe: PipelineSettings, trigger: str, plans: list[BatchPlan],
+                params: dict[str, Any]) -> str:
+    run_id = str(uuid.uuid4())
+    conn.execute(runs_t.insert().values(
+        id=run_id, pipeline=pipe.name, data_type=pipe.data_type, provider=pipe.provider, trigger=trigger,
+        status="queued", created_at=utcnow(), batches_total=len(plans), batches_done=0,
+        records_fetched=0, records_loaded=0, records_rejected=0, task_ids=[], params=params,
+    ))
+    conn.execute(batches_t.insert(), [
+        {"run_id": run_id, "batch_no": p.batch_no, "symbols": list(p.symbols), "start": p.start.isoformat(),
+         "end": p.end.isoformat(), "status": "queued", "fetched": 0, "valid": 0, "rejected": 0, "loaded": 0,
+         "attempts": {}, "task_ids": {}}
+        for p in plans
+    ])
+    return run_id
+
+
+def _enqueue(run_id: str, chains: list[Any]) -> None:
+    task_ids = [c.apply_async().id for c in chains]
+    with get_engine().begin() as conn:
+        conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(task_ids=task_ids))
 
 
 def load_batch(conn: Connection, run_id: str, batch_no: int) -> Any:

@@ -7,7 +7,6 @@ the stage does.
 from __future__ import annotations
 
 import logging
-import random
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -15,75 +14,96 @@ from celery import Task, chain
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from stockpulse.celery_app import app
-from stockpulse.config import StagePolicy, get_settings
+from stockpulse.config import get_settings
 from stockpulse.datatypes import get_data_type
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import watermarks as watermarks_t
 from stockpulse.errors import PermanentError, TransientError, classify
 from stockpulse.pipeline import payloads, runs
-from stockpulse.pipeline.loader import raise_watermarks, upsert
+from stockpulse.pipeline.checkpoints import FetchCheckpoint
+from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
 from stockpulse.pipeline.quarantine import quarantine_records
 from stockpulse.providers import Query, get_fetcher
+from stockpulse.reliability import dlq
+from stockpulse.reliability.breaker import BreakerOpen
+from stockpulse.reliability.quotas import QuotaWait
+from stockpulse.reliability.retry import backoff_delay, record_failure, stage_policy
 
 log = logging.getLogger("stockpulse.pipeline")
 
 
-def backoff_delay(attempt: int, policy: StagePolicy, retry_after: float | None = None) -> float | None:
-    """Exponential backoff with full jitter, never shorter than the provider's Retry-After.
-
-    None when the provider asks for a longer wait than the policy allows: the stage fails now instead of
-    holding a message past the broker's visibility timeout.
-    """
-    ceiling = min(policy.backoff_cap_s, policy.backoff_base_s * (2 ** attempt))
-    delay = random.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
-    if retry_after is not None:
-        if retry_after > policy.backoff_cap_s:
-            return None
-        delay = max(delay, retry_after)
-    return delay
-
-
 class StageTask(Task):
-    """Base of the fetch, transform and load tasks: bookkeeping, classification, retries."""
+    """Base of the fetch, transform and load tasks: bookkeeping, classification, retries, dead letters."""
 
     abstract = True
     stage: str = ""
     acks_late = True
     reject_on_worker_lost = True
+    # Retries are bounded by the stage's policy (failures counted in Redis), not by Celery's counter.
+    max_retries = None
+    # Waiting for a quota slot or an open breaker re-queues the task; bounded so nothing loops forever.
+    max_waits = 1000
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run_id, batch_no = kwargs["run_id"], kwargs["batch_no"]
-        policy = get_settings().stages[self.stage]
-        attempt = self.request.retries or 0
+        context = {"run_id": run_id, "batch_no": batch_no, "stage": self.stage}
         try:
-            batch = runs.stage_started(run_id, batch_no, self.stage, self.request.id, attempt)
+            batch = runs.stage_started(run_id, batch_no, self.stage, self.request.id, self.request.retries or 0)
             if batch.status in ("loaded", "failed"):
                 # Redelivered after the batch was settled (the worker died between commit and ack).
-                log.info("stage skipped: batch already %s", batch.status,
-                         extra={"run_id": run_id, "batch_no": batch_no, "stage": self.stage})
+                log.info("stage skipped: batch already %s", batch.status, extra=context)
                 return {"skipped": batch.status}
             return super().__call__(*args, **kwargs)
         except Retry:
             raise
         except Exception as exc:
+            provider = _provider_of(kwargs.get("pipeline"))
+            policy = stage_policy(self.stage, provider)
             if isinstance(exc, SoftTimeLimitExceeded):
                 exc = TransientError(f"{self.stage} exceeded its soft time limit of {policy.soft_time_limit_s}s")
             error = classify(exc)
-            if isinstance(error, TransientError) and attempt < policy.max_retries:
-                delay = backoff_delay(attempt, policy, error.retry_after)
-                if delay is not None:
-                    log.warning("retrying %s in %.1fs (attempt %d of %d): %s", self.stage, delay, attempt + 1,
-                                policy.max_retries, error,
-                                extra={"run_id": run_id, "batch_no": batch_no, "stage": self.stage,
-                                       "attempt": attempt + 1, "delay_s": round(delay, 3)})
-                    raise self.retry(countdown=delay, exc=error, max_retries=policy.max_retries) from None
+            if isinstance(error, (QuotaWait, BreakerOpen)) and (self.request.retries or 0) < self.max_waits:
+                delay = min(error.retry_after or 1.0, policy.backoff_cap_s)
+                log.info("%s: waiting %.1fs: %s", self.stage, delay, error,
+                         extra={**context, "provider": provider, "delay_s": round(delay, 3),
+                                "wait": type(error).__name__})
+                raise self.retry(countdown=delay, exc=error, max_retries=None) from None
+            failures = 0
+            if isinstance(error, TransientError):
+                try:
+                    failures = record_failure(run_id, batch_no, self.stage)
+                except Exception:  # Redis is down too: fall back to Celery's own counter
+                    failures = (self.request.retries or 0) + 1
+                if failures <= policy.max_retries:
+                    delay = backoff_delay(failures, policy, error.retry_after)
+                    if delay is not None:
+                        log.warning("retrying %s in %.1fs (attempt %d of %d): %s: %s", self.stage, delay,
+                                    failures + 1, policy.max_retries + 1, type(error).__name__, error,
+                                    extra={**context, "provider": provider, "attempt": failures + 1,
+                                           "delay_s": round(delay, 3), "error_type": type(error).__name__})
+                        raise self.retry(countdown=delay, exc=error, max_retries=None) from None
             log.error("%s failed for good: %s: %s", self.stage, type(error).__name__, error,
-                      extra={"run_id": run_id, "batch_no": batch_no, "stage": self.stage})
+                      extra={**context, "provider": provider, "error_type": type(error).__name__})
+            self._dead_letter(error, exc, kwargs, args, failures)
             try:
                 runs.batch_failed(run_id, batch_no, self.stage, error)
-            except Exception:  # the database itself may be what failed; the message says so anyway
-                log.exception("could not record the failure of run %s", run_id)
+            except Exception:  # the database itself may be what failed; the DLQ entry says so anyway
+                log.exception("could not record the failure of run %s", run_id, extra=context)
             raise error from None
+
+    def _dead_letter(self, error: BaseException, original: BaseException, kwargs: dict[str, Any],
+                     args: tuple[Any, ...], failures: int) -> None:
+        try:
+            dlq.add(dlq.DeadLetter.from_failure(
+                task_name=self.name, stage=self.stage, kwargs=kwargs, stage_input=args[0] if args else None,
+                error=error, original=original, attempts=max(failures, 1), worker=self.request.hostname))
+        except Exception:
+            log.exception("could not write the dead letter for run %s", kwargs.get("run_id"))
+
+
+def _provider_of(pipeline: str | None) -> str | None:
+    pipelines = get_settings().pipelines
+    return pipelines[pipeline].provider if pipeline in pipelines else None
 
 
 def _policy(stage: str) -> dict[str, Any]:
@@ -106,13 +126,16 @@ def _context(run_id: str, batch_no: int) -> tuple[Any, Any, Any, Query]:
 @app.task(bind=True, base=StageTask, name="stockpulse.pipeline.fetch", stage="fetch", **_policy("fetch"))
 def fetch(self: StageTask, *, run_id: str, batch_no: int, pipeline: str) -> dict[str, Any]:
     run, pipe, _batch, query = _context(run_id, batch_no)
-    fetcher = get_fetcher(pipe.provider, pipe.data_type)
+    checkpoint = FetchCheckpoint(run_id, batch_no)
+    fetcher = get_fetcher(pipe.provider, pipe.data_type, checkpoint=checkpoint)
     pages = fetcher.extract(query)
     handle = payloads.put(pages, run_id=run_id, label=f"b{batch_no}-fetch")
     with get_engine().begin() as conn:
         runs.stage_finished(conn, run_id, batch_no, "fetch")
-    log.info("fetched %d pages (%d bytes) in %d requests", len(pages), handle["bytes"],
-             fetcher.client.requests_made if fetcher.client else 0,
+    checkpoint.clear()
+    client = fetcher.client
+    log.info("fetched %d pages (%d bytes) in %d requests, %d resumed from a checkpoint", len(pages),
+             handle["bytes"], client.requests_made if client else 0, client.requests_resumed if client else 0,
              extra={"run_id": run_id, "batch_no": batch_no, "stage": "fetch", "provider": pipe.provider})
     return handle
 
@@ -144,14 +167,9 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
     run, pipe, _batch, _query = _context(run_id, batch_no)
     data_type = get_data_type(pipe.data_type)
     rows = [data_type.from_row(r) if data_type.from_row else tuple(r) for r in payloads.get(transformed["rows"])]
-    latest: dict[str, datetime] = {}
-    ts_at, sym_at = data_type.columns.index("ts"), data_type.columns.index("symbol")
-    for row in rows:
-        if row[sym_at] not in latest or row[ts_at] > latest[row[sym_at]]:
-            latest[row[sym_at]] = row[ts_at]
     with get_engine().begin() as conn:
         changed = upsert(conn, data_type.table, data_type.columns, data_type.key, rows)
-        raise_watermarks(conn, watermarks_t, pipe.name, latest)
+        raise_watermarks(conn, watermarks_t, pipe.name, latest_per_symbol(rows, data_type.columns))
         runs.stage_finished(conn, run_id, batch_no, "load", loaded=len(rows), status="loaded")
     # Only after the commit: a redelivered load finds the batch settled and never needs the payload.
     payloads.delete(transformed["rows"], transformed.get("fetched"))
@@ -160,9 +178,16 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
     return {"loaded": len(rows), "changed": changed}
 
 
-def chain_for_batch(run_id: str, batch_no: int, pipeline: str) -> Any:
+def chain_from(stage: str, stage_input: Any, run_id: str, batch_no: int, pipeline: str) -> Any:
+    """The chain of one batch, from ``stage`` on (``stage_input`` is that stage's input, None for fetch)."""
     kwargs = {"run_id": run_id, "batch_no": batch_no, "pipeline": pipeline}
-    return chain(fetch.s(**kwargs), transform.s(**kwargs), load.s(**kwargs))
+    if stage == "fetch":
+        return chain(fetch.s(**kwargs), transform.s(**kwargs), load.s(**kwargs))
+    if stage == "transform":
+        return chain(transform.s(stage_input, **kwargs), load.s(**kwargs))
+    if stage == "load":
+        return load.s(stage_input, **kwargs)
+    raise ValueError(f"unknown stage {stage!r}")
 
 
 @app.task(name="stockpulse.pipeline.run")

@@ -6,6 +6,8 @@ A provider module declares one :class:`ProviderSpec` with a fetcher class per da
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ from stockpulse.config import ProviderSettings
 from stockpulse.errors import TRANSIENT_HTTP_STATUSES, PermanentError, TransientError, parse_retry_after
 
 NEW_YORK = ZoneInfo("America/New_York")
+log = logging.getLogger("stockpulse.providers")
 
 
 @dataclass(frozen=True)
@@ -69,12 +72,28 @@ class ResponseTooLarge(PermanentError):
     pass
 
 
-class ProviderClient:
-    """requests.Session with connect/read timeouts, a response size cap and error classification."""
+class ResponseCache:
+    """Where a client keeps the responses of a fetch in progress (see ``stockpulse.pipeline.checkpoints``)."""
 
-    def __init__(self, spec: ProviderSpec, settings: ProviderSettings):
+    def get(self, key: str) -> Any | None: ...
+
+    def put(self, key: str, value: Any) -> None: ...
+
+
+class ProviderClient:
+    """requests.Session with connect/read timeouts, a response size cap and error classification.
+
+    With a ``checkpoint``, every successful response is kept until the fetch completes, so a fetch that was
+    interrupted (quota wait, transient failure, dead worker) resumes where it stopped instead of asking the
+    provider again: requests are deterministic given the previous responses, so the same request identity
+    (path and parameters, not headers) finds its saved answer.
+    """
+
+    def __init__(self, spec: ProviderSpec, settings: ProviderSettings, checkpoint: ResponseCache | None = None):
         self.spec = spec
         self.settings = settings
+        self.checkpoint = checkpoint
+        self.requests_resumed = 0
         self.base_url = (settings.base_url or spec.default_base_url).rstrip("/")
         self.session = requests.Session()
         self.session.headers["User-Agent"] = settings.user_agent or f"stockpulse/{__version__}"
@@ -85,6 +104,44 @@ class ProviderClient:
         return path if path.startswith(("http://", "https://")) else f"{self.base_url}{path}"
 
     def get_json(self, path: str, *, params: dict | None = None, headers: dict | None = None) -> Any:
+        """One request, each attempt taking a slot of the provider's shared quota and going through its
+        circuit breaker. A transient failure is retried here a few times after a short pause (as the
+        providers' own clients do), so one flaky request does not restart a many-page fetch; longer waits
+        are left to the stage, which re-queues instead of sleeping."""
+        from stockpulse.reliability import breaker, quotas
+
+        key = None
+        if self.checkpoint is not None:
+            key = orjson.dumps([path, sorted((params or {}).items())], default=str).decode()
+            saved = self.checkpoint.get(key)
+            if saved is not None:
+                self.requests_resumed += 1
+                return saved
+        body = self._get_json_retrying(path, params, headers, breaker, quotas)
+        if self.checkpoint is not None and key is not None:
+            self.checkpoint.put(key, body)
+        return body
+
+    def _get_json_retrying(self, path: str, params: dict | None, headers: dict | None, breaker: Any,
+                           quotas: Any) -> Any:
+        retries = self.settings.request_retries
+        for attempt in range(retries + 1):
+            quotas.acquire(self.spec.name)
+            try:
+                return breaker.call(self.spec.name, lambda: self._get_json(path, params=params, headers=headers))
+            except (quotas.QuotaWait, breaker.BreakerOpen):
+                raise
+            except TransientError as exc:
+                delay = max(self.settings.request_backoff_s * (2 ** attempt), exc.retry_after or 0.0)
+                if attempt >= retries or delay > self.settings.request_backoff_cap_s:
+                    raise
+                log.info("%s: request failed (%s), retrying in %.2fs (attempt %d of %d)", self.spec.name, exc,
+                         delay, attempt + 2, retries + 1,
+                         extra={"provider": self.spec.name, "attempt": attempt + 2, "delay_s": round(delay, 3)})
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _get_json(self, path: str, *, params: dict | None, headers: dict | None) -> Any:
         response = self._get(path, params=params, headers=headers)
         body = self._parse_json(response)
         if self.spec.check_response:

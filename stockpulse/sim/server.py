@@ -3,7 +3,8 @@
 Faults on demand:
 - per request: header ``X-Sim-Fault: KIND`` or query parameter ``sim_fault=KIND``;
 - per provider from config: ``sim.faults.<provider>: {rate: 0.3, kinds: [429, 503, timeout]}``;
-- queued at runtime: ``POST /_sim/faults {"provider": "alpaca", "kind": "503", "times": 2}``.
+- queued at runtime: ``POST /_sim/faults {"provider": "alpaca", "kind": "503", "times": 2}``;
+- a rate at runtime: ``POST /_sim/fault-rate {"provider": "polygon", "rate": 0.3, "kinds": ["503", "429"]}``.
 KIND is one of 429, 500, 502, 503, slow, timeout, drop, malformed, html, empty, huge, soft.
 Bad records on demand: ``POST /_sim/corrupt {"provider": "*", "symbol": "AAPL", "date": "2024-01-05",
 "kind": "negative_volume|high_below_low|nan|missing_field|naive_ts|duplicate"}``.
@@ -51,7 +52,8 @@ class SimState:
     def __init__(self, seed: int = 42, faults: dict[str, Any] | None = None, keys: dict[str, Any] | None = None,
                  slow_s: float = 3.0, premium: bool = False, today: date | None = None):
         self.seed = seed
-        self.config_faults = faults or {}
+        self.config_faults = dict(faults or {})
+        self.initial_faults = dict(faults or {})
         self.keys = keys or {}
         self.slow_s = slow_s
         self.premium = premium
@@ -452,6 +454,13 @@ class SimHandler(BaseHTTPRequestHandler):
                 self.state.queued.setdefault(payload.get("provider", "*"), []).extend(
                     [kind] * int(payload.get("times", 1)))
                 return self._json(200, {"queued": self.state.queued})
+            if path == "/_sim/fault-rate":
+                kinds = [str(k) for k in payload.get("kinds") or ["503"]]
+                if any(k not in FAULT_KINDS for k in kinds):
+                    return self._json(400, {"message": f"unknown fault kind; known: {', '.join(FAULT_KINDS)}"})
+                self.state.config_faults[str(payload.get("provider"))] = {"rate": float(payload.get("rate", 0)),
+                                                                         "kinds": kinds}
+                return self._json(200, {"faults": self.state.config_faults})
             if path == "/_sim/corrupt":
                 if payload.get("kind") not in CORRUPTIONS:
                     return self._json(400, {"message": f"unknown corruption; known: {', '.join(CORRUPTIONS)}"})
@@ -465,6 +474,7 @@ class SimHandler(BaseHTTPRequestHandler):
                 self.state.queued.clear()
                 self.state.corruptions.clear()
                 self.state.stats.clear()
+                self.state.config_faults = dict(self.state.initial_faults)
             return self._json(200, {"cleared": True})
         self._json(404, {"message": "not found"})
 

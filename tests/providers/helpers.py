@@ -11,7 +11,8 @@ def fetch(provider: str, sim_url: str, symbols: tuple[str, ...], start: date, en
           interval: str = "1d", **settings: Any) -> tuple[list[dict[str, Any]], ProviderClient]:
     """extract + transform through the real HTTP client against the simulator."""
     spec = PROVIDERS[provider]
-    defaults: dict[str, Any] = {"api_key": "test-key", "api_secret": "test-secret", "timeout_s": 5}
+    defaults: dict[str, Any] = {"api_key": "test-key", "api_secret": "test-secret", "timeout_s": 5,
+                                "request_retries": 0}
     defaults.update(settings)
     conf = ProviderSettings(name=provider, base_url=sim_url, **defaults)
     client = ProviderClient(spec, conf)

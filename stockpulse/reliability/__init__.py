@@ -1,0 +1,1 @@
+"""Shared reliability mechanisms: retry policies, provider quotas, circuit breakers, the dead-letter queue."""

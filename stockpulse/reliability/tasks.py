@@ -1,0 +1,36 @@
+"""Operator actions as Celery tasks (maintenance queue), so ``celery -A stockpulse call`` can drive them:
+
+    celery -A stockpulse call stockpulse.maintenance.dlq_replay --kwargs '{"entry_id": "<id>"}'
+    celery -A stockpulse call stockpulse.maintenance.dlq_replay --kwargs '{"all": true, "pipeline": "daily_bars"}'
+    celery -A stockpulse call stockpulse.maintenance.dlq_purge --kwargs '{"older_than": "7d"}'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stockpulse.celery_app import app
+from stockpulse.reliability import dlq
+
+
+@app.task(name="stockpulse.maintenance.dlq_list")
+def dlq_list(pipeline: str | None = None) -> list[dict[str, Any]]:
+    return [e.summary() for e in dlq.entries(pipeline=pipeline)]
+
+
+@app.task(name="stockpulse.maintenance.dlq_replay")
+def dlq_replay(entry_id: str | None = None, all: bool = False, pipeline: str | None = None,
+               dry_run: bool = False) -> list[dict[str, Any]]:
+    if entry_id is None and not all:
+        raise ValueError("give entry_id, or all=true")
+    ids = [entry_id] if entry_id else [e.id for e in dlq.entries(pipeline=pipeline)]
+    return [dlq.replay(i, dry_run=dry_run) for i in ids]
+
+
+@app.task(name="stockpulse.maintenance.dlq_purge")
+def dlq_purge(entry_id: str | None = None, older_than: str | None = None) -> int:
+    from stockpulse.schedule import parse_duration
+
+    if entry_id is None and older_than is None:
+        raise ValueError("give entry_id or older_than")
+    return dlq.purge(entry_id, older_than_s=parse_duration(older_than).total_seconds() if older_than else None)
