@@ -129,6 +129,9 @@ class SimControl:
         requests.post(f"{self.url}/_sim/faults", json={"provider": provider, "kind": kind, "times": times},
                       timeout=5).raise_for_status()
 
+    def clear(self) -> None:
+        requests.delete(f"{self.url}/_sim/faults", timeout=5).raise_for_status()
+
     def fault_rate(self, provider: str, rate: float, kinds: list[str]) -> None:
         requests.post(f"{self.url}/_sim/fault-rate", json={"provider": provider, "rate": rate, "kinds": kinds},
                       timeout=5).raise_for_status()

@@ -39,7 +39,28 @@ class TaskContextFilter(logging.Filter):
         return True
 
 
-class UTCJsonFormatter(JsonFormatter):
+class RedactSecretsFilter(logging.Filter):
+    """Configured secrets and key-looking query parameters never reach a log line, whoever logs them
+    (our code, requests/urllib3 at DEBUG, Celery's task traces)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from stockpulse.config import redact_text
+
+        message = record.getMessage()
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+class _RedactedExceptions:
+    def formatException(self, ei: Any) -> str:
+        from stockpulse.config import redact_text
+
+        return redact_text(super().formatException(ei))  # type: ignore[misc]
+
+
+class UTCJsonFormatter(_RedactedExceptions, JsonFormatter):
     def add_fields(self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict) -> None:
         super().add_fields(log_record, record, message_dict)
         log_record["timestamp"] = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
@@ -47,7 +68,7 @@ class UTCJsonFormatter(JsonFormatter):
         log_record["logger"] = record.name
 
 
-class ConsoleFormatter(logging.Formatter):
+class ConsoleFormatter(_RedactedExceptions, logging.Formatter):
     _standard = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "context"}
 
     def format(self, record: logging.LogRecord) -> str:
@@ -56,13 +77,14 @@ class ConsoleFormatter(logging.Formatter):
         return super().format(record)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(UTCJsonFormatter("%(message)s", rename_fields={"levelname": "level"}))
     else:
         handler.setFormatter(ConsoleFormatter(CONSOLE_FORMAT))
     handler.addFilter(TaskContextFilter())
+    handler.addFilter(RedactSecretsFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

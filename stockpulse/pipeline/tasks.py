@@ -7,7 +7,7 @@ the stage does.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from celery import Task, chain
@@ -16,6 +16,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from stockpulse.celery_app import app
 from stockpulse.config import get_settings
 from stockpulse.datatypes import get_data_type
+from stockpulse.datatypes.base import Rejected
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import watermarks as watermarks_t
 from stockpulse.errors import PermanentError, TransientError, classify
@@ -149,6 +150,7 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
     data_type = get_data_type(pipe.data_type)
     records = list(fetcher.transform(payloads.get(fetched), query))
     result = data_type.validate(records)
+    result.rejected.extend(missing_symbols(query, records, first_record_no=len(records)))
     rows = data_type.rows(result.valid)
     handle = payloads.put(rows, run_id=run_id, label=f"b{batch_no}-rows")
     with get_engine().begin() as conn:
@@ -176,6 +178,21 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
     log.info("loaded %d rows (%d new or changed)", len(rows), changed,
              extra={"run_id": run_id, "batch_no": batch_no, "stage": "load"})
     return {"loaded": len(rows), "changed": changed}
+
+
+def missing_symbols(query: Query, records: list[Any], *, first_record_no: int) -> list[Rejected]:
+    """Requested symbols the provider sent nothing for, over a range with past trading days: an unknown or
+    delisted symbol must not pass unnoticed. They are quarantined with the reason (record = the request)."""
+    today = today_utc()
+    has_past_weekday = any((query.start + timedelta(days=i)).weekday() < 5 and query.start + timedelta(days=i) < today
+                           for i in range(min((query.end - query.start).days + 1, 7)))
+    if not has_past_weekday:
+        return []
+    seen = {r.get("symbol") for r in records if isinstance(r, dict)}
+    return [Rejected(first_record_no + i, {"symbol": s, "start": query.start.isoformat(), "end": query.end.isoformat()},
+                     f"provider returned no data for {s} between {query.start} and {query.end} "
+                     "(unknown or delisted symbol?)")
+            for i, s in enumerate(sorted(set(query.symbols) - seen))]
 
 
 def chain_from(stage: str, stage_input: Any, run_id: str, batch_no: int, pipeline: str) -> Any:

@@ -46,8 +46,8 @@ class AlpacaBarsFetcher(Fetcher):
         pages = []
         for _ in range(MAX_PAGES):
             body = self.client.get_json("/v2/stocks/bars", params=params, headers=headers)
-            if not isinstance(body, dict) or not isinstance(body.get("bars", {}), dict | None):
-                raise PermanentError("alpaca: unexpected bars payload (expected an object keyed by symbol)",
+            if not isinstance(body, dict) or "bars" not in body or not isinstance(body["bars"], dict | None):
+                raise PermanentError("alpaca: unexpected bars payload (expected {'bars': {symbol: [...]}, ...})",
                                      provider="alpaca")
             pages.append(body)
             token = body.get("next_page_token")

@@ -151,23 +151,25 @@ def alpaca_bars(state: SimState, path: str, query: dict[str, str], headers: Any)
         raise Reply(422, {"code": 42210000, "message": "invalid limit: must be between 1 and 10000"})
     start = _parse_day(query.get("start", state.today.isoformat()), "start")
     end = _parse_day(query.get("end", state.today.isoformat()), "end")
-    items = []
-    for symbol in sorted(set(symbols)):
-        if is_unknown(symbol):
-            continue  # Alpaca leaves symbols without data out of the object
-        for bar, kind in _bars(state, "alpaca", symbol, start, end):
-            items.append((symbol, bar, kind))
     after = None
     if query.get("page_token"):
         try:
             sym, _, ts = base64.b64decode(query["page_token"]).decode().split("|")
-            after = (sym, ts)
+            after = (sym, ts[:10])
         except Exception:
             raise Reply(400, {"code": 40010001, "message": "invalid page_token"}) from None
-    if after:
-        # Items are ordered by (symbol, time); the token names the last item already served.
-        keys = [(i[0], i[1].day.isoformat()) for i in items]
-        items = items[bisect.bisect_right(keys, (after[0], after[1][:10])):]
+    # Items in (symbol, time) order, starting after the token's item; one more than the page to know
+    # whether another page follows.
+    items: list[tuple[str, DailyBar, str | None]] = []
+    for symbol in sorted(set(symbols)):
+        if is_unknown(symbol) or (after and symbol < after[0]):
+            continue  # Alpaca leaves symbols without data out of the object
+        series = _bars(state, "alpaca", symbol, start, end)
+        if after and symbol == after[0]:
+            series = series[bisect.bisect_right([b.day.isoformat() for b, _ in series], after[1]):]
+        items.extend((symbol, bar, kind) for bar, kind in series[: limit + 1 - len(items)])
+        if len(items) > limit:
+            break
     page, rest = items[:limit], items[limit:]
     out: dict[str, list] = {}
     for symbol, bar, kind in page:

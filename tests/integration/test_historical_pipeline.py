@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from sqlalchemy import func, select
 
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import bars, pipeline_run_batches, watermarks
-from tests.conftest import ROOT, Stack, start_worker, table_rows, weekdays
+from tests.conftest import ROOT, Stack, table_rows, weekdays
 
 pytestmark = pytest.mark.integration
 START, END = date(2024, 1, 1), date(2024, 3, 29)
@@ -134,41 +133,6 @@ def test_large_payloads_travel_by_reference_and_are_deleted(clean_stack: Stack, 
     assert run.status == "succeeded"
     assert "'ref': 'stockpulse:payload:" in clean_stack.worker.log()  # test config: inline up to 4 KiB
     assert list(redis_client.scan_iter("stockpulse:payload:*")) == []
-
-
-def test_worker_killed_mid_load_another_worker_finishes(clean_stack: Stack) -> None:
-    from stockpulse.pipeline.runs import get_run, start_run
-
-    expected = 8 * len(weekdays(date(2015, 1, 1), date(2024, 12, 31)))
-    for _attempt in range(3):
-        with get_engine().begin() as conn:
-            conn.execute(bars.delete())
-        run_id = start_run("bulk_bars", start="2015-01-01", end="2024-12-31")
-        deadline, killed = time.monotonic() + 60, False
-        while time.monotonic() < deadline and not killed:
-            with get_engine().connect() as conn:
-                loading = conn.execute(select(pipeline_run_batches.c.batch_no).where(
-                    pipeline_run_batches.c.run_id == run_id, pipeline_run_batches.c.load_started_at.is_not(None),
-                    pipeline_run_batches.c.status == "running")).first()
-            if loading:
-                clean_stack.worker.kill(signal.SIGKILL)
-                killed = True
-            else:
-                time.sleep(0.005)
-        assert killed, "no load started"
-        with get_engine().connect() as conn:
-            unfinished = conn.execute(select(func.count()).select_from(pipeline_run_batches).where(
-                pipeline_run_batches.c.run_id == run_id, pipeline_run_batches.c.status != "loaded")).scalar()
-        clean_stack.worker = start_worker(f"test-{clean_stack.backend}-b")
-        run = clean_stack.wait(run_id, timeout=120)
-        assert run.status == "succeeded", run.error_message
-        assert bar_count() == expected == run.records_loaded
-        if unfinished:
-            break  # the kill really interrupted a load; otherwise the race was lost, try again
-    else:
-        pytest.fail("could not kill the worker before a load committed in 3 attempts")
-    assert get_run(run_id).batches_done == 2
-    assert get_run(run_id).records_loaded == expected  # counts set, not added: no double counting
 
 
 def test_celery_call_and_cli_run(clean_stack: Stack) -> None:
