@@ -50,7 +50,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         "timezone": settings.timezone,
         "enable_utc": True,
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        # RedBeat, restoring its schedules by itself if Redis comes back empty (stockpulse/schedule.py).
+        "beat_scheduler": "stockpulse.schedule:SelfHealingRedBeatScheduler",
         "redbeat_redis_url": settings.redis_url,
         "redbeat_key_prefix": "stockpulse:redbeat:",
         # RedBeat's lock keeps a second beat from double-scheduling; it expires if beat dies.

@@ -119,7 +119,8 @@ def pipelines() -> None:
     settings = get_settings()
     schedules: dict[str, list[str]] = {}
     for name, entry in load_beat_schedule(settings=settings).items():
-        schedules.setdefault(entry["kwargs"]["pipeline"], []).append(f"{name} ({entry['schedule']})")
+        if "pipeline" in entry["kwargs"]:
+            schedules.setdefault(entry["kwargs"]["pipeline"], []).append(f"{name} ({entry['schedule']})")
     table = Table("pipeline", "data type", "provider", "queue", "symbols", "enabled", "schedule")
     for name, pipe in sorted(settings.pipelines.items()):
         table.add_row(name, pipe.data_type, pipe.provider, pipe.queue, str(len(pipe.symbols)),

@@ -59,6 +59,8 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     },
     "payloads": {"inline_max_bytes": 65536, "ttl_s": 86400},
     "dlq": {"max_entries": 10000, "retention_days": 30},
+    # A batch without any sign of life for this long lost its messages; the sweeper dead-letters it.
+    "runs": {"stale_after_s": 21600},
     "stages": {
         "fetch": {"max_retries": 5, "backoff_base_s": 2.0, "backoff_cap_s": 300.0, "soft_time_limit_s": 300,
                   "time_limit_s": 360},
@@ -136,6 +138,7 @@ class Settings:
     celery: dict[str, Any]
     payloads: dict[str, Any]
     dlq: dict[str, Any]
+    runs: dict[str, Any]
     stages: dict[str, StagePolicy]
     logging: dict[str, Any]
     providers: dict[str, ProviderSettings]
@@ -250,6 +253,10 @@ class DlqSchema(_Strict):
     retention_days = fields.Float(validate=validate.Range(min=0.01))
 
 
+class RunsSchema(_Strict):
+    stale_after_s = fields.Float(validate=validate.Range(min=60))
+
+
 class LoggingSchema(_Strict):
     level = fields.String(validate=validate.OneOf(("DEBUG", "INFO", "WARNING", "ERROR")))
     format = fields.String(validate=validate.OneOf(("json", "console")))
@@ -267,6 +274,7 @@ class SettingsSchema(_Strict):
     celery = fields.Dict(keys=fields.String(), required=True)
     payloads = fields.Dict(keys=fields.String(), required=True)
     dlq = fields.Nested(lambda: DlqSchema(), required=True)
+    runs = fields.Nested(lambda: RunsSchema(), required=True)
     stages = fields.Nested(StagesSchema, required=True)
     logging = fields.Nested(LoggingSchema, required=True)
     providers = fields.Dict(keys=fields.String(), values=fields.Nested(ProviderSchema), required=True)
@@ -497,6 +505,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         celery=data["celery"],
         payloads=data["payloads"],
         dlq=data["dlq"],
+        runs=data["runs"],
         stages=data["stages"],
         logging=data["logging"],
         providers=providers,

@@ -6,7 +6,9 @@ runtime without a redeploy).
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,10 @@ class ScheduleEntrySchema(Schema):
     class Meta:
         unknown = RAISE
 
-    pipeline = fields.String(required=True)
+    pipeline = fields.String()
+    task = fields.String(validate=validate.Regexp(r"^stockpulse\.maintenance\.[a-z_]+$",
+                                                  error="only stockpulse.maintenance.* tasks can be scheduled"))
+    kwargs = fields.Dict(keys=fields.String())
     cron = fields.String()
     every = fields.String()
     timezone = fields.String(validate=_timezone)
@@ -59,6 +64,8 @@ class ScheduleEntrySchema(Schema):
 
     @validates_schema
     def _one_of(self, data: dict, **_: Any) -> None:
+        if ("pipeline" in data) == ("task" in data):
+            raise ValidationError("give exactly one of 'pipeline' or 'task'")
         if ("cron" in data) == ("every" in data):
             raise ValidationError("give exactly one of 'cron' or 'every'")
         try:
@@ -94,6 +101,12 @@ def load_beat_schedule(path: Path | None = None, settings: Settings | None = Non
         raise ConfigError(f"{path}: invalid schedule file: {exc.messages}") from None
     entries: dict[str, Any] = {}
     for name, entry in data["schedules"].items():
+        if "task" in entry:
+            if entry["enabled"]:
+                entries[name] = {"task": entry["task"], "kwargs": entry.get("kwargs") or {},
+                                 "schedule": parse_cron(entry["cron"]) if "cron" in entry else parse_duration(entry["every"]),
+                                 "options": {"queue": "maintenance"}}
+            continue
         if entry["pipeline"] not in settings.pipelines:
             raise ConfigError(f"{path}: schedules.{name}.pipeline: unknown pipeline {entry['pipeline']!r}")
         tz = entry.get("timezone") or data.get("timezone") or settings.timezone
@@ -110,3 +123,78 @@ def load_beat_schedule(path: Path | None = None, settings: Settings | None = Non
         entries[name] = {"task": RUN_TASK, "schedule": schedule, "kwargs": kwargs,
                          "options": {"queue": settings.pipelines[entry["pipeline"]].queue}}
     return entries
+
+
+def _make_scheduler() -> type:
+    import redis
+    from redbeat.schedulers import RedBeatScheduler, get_redis
+
+    log = logging.getLogger("stockpulse.beat")
+
+    class Scheduler(RedBeatScheduler):
+        """RedBeat that survives Redis losing everything: it keeps scheduling through a Redis outage, and
+        when it finds its entries gone (Redis restarted empty) it restores them from beat_schedule.yaml and
+        logs which runtime edits were lost, without a restart. Its lock is re-taken if Redis dropped it."""
+
+        check_interval_s = 10.0
+
+        def __init__(self, *args: Any, **kwargs: Any):
+            self._last_check = 0.0
+            self._known: dict[str, str] = {}
+            super().__init__(*args, **kwargs)
+
+        def tick(self, *args: Any, **kwargs: Any) -> float:
+            try:
+                self._heal()
+                return super().tick(*args, **kwargs)
+            except redis.exceptions.LockError:
+                return self._retake_lock()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("beat: Redis unavailable (%s); retrying in 5s", exc)
+                return 5.0
+
+        def _retake_lock(self) -> float:
+            lock = self.lock
+            if lock is None:
+                return 5.0
+            if lock.acquire(blocking=False):
+                log.warning("beat: the lock was lost with Redis; taken again")
+                return 0.0
+            log.warning("beat: another beat holds the lock now; waiting")
+            return float(self.max_interval)
+
+        def _heal(self) -> None:
+            now = time.monotonic()
+            if now - self._last_check < self.check_interval_s:
+                return
+            self._last_check = now
+            client = get_redis(self.app)
+            static = self.app.redbeat_conf.schedule
+            if static and not client.exists(self.app.redbeat_conf.statics_key):
+                lost = sorted(name for name, definition in self._known.items()
+                              if name not in static or definition != _describe(static[name]))
+                log.error("beat: schedules missing from Redis (restarted empty?); restoring %d from %s%s",
+                          len(static), get_settings().beat_schedule_path,
+                          f"; runtime edits lost: {', '.join(lost)}" if lost else "")
+                self.setup_schedule()
+            self._known = {}
+            for key in client.zrange(self.app.redbeat_conf.schedule_key, 0, -1):
+                name = key.decode().rsplit(":", 1)[-1] if isinstance(key, bytes) else str(key).rsplit(":", 1)[-1]
+                try:
+                    entry = self.Entry.from_key(key.decode() if isinstance(key, bytes) else key, app=self.app)
+                except KeyError:
+                    continue
+                self._known[name] = _describe({"task": entry.task, "schedule": entry.schedule,
+                                               "kwargs": entry.kwargs})
+
+    return Scheduler
+
+
+def _describe(entry: dict[str, Any]) -> str:
+    """An entry's definition in one comparable string (a timedelta and the schedule made of it compare equal)."""
+    from celery.schedules import maybe_schedule
+
+    return f"{entry.get('task')}|{maybe_schedule(entry.get('schedule'))!r}|{sorted((entry.get('kwargs') or {}).items())}"
+
+
+SelfHealingRedBeatScheduler = _make_scheduler()

@@ -121,6 +121,9 @@ pipeline_run_batches = Table(
     Column("task_ids", JSON, nullable=False),
     Column("error_type", String(64)),
     Column("error_message", Text),
+    # Last sign of life (any stage start, retry or wait): the stale-run sweeper looks at it.
+    Column("updated_at", UTCDateTime()),
+    Index("ix_pipeline_run_batches_status", "status"),
 )
 
 watermarks = Table(

@@ -124,7 +124,7 @@ def _create_run(conn: Connection, pipe: PipelineSettings, trigger: str, plans: l
     conn.execute(batches_t.insert(), [
         {"run_id": run_id, "batch_no": p.batch_no, "symbols": list(p.symbols), "start": p.start.isoformat(),
          "end": p.end.isoformat(), "status": "queued", "fetched": 0, "valid": 0, "rejected": 0, "loaded": 0,
-         "attempts": {}, "task_ids": {}}
+         "attempts": {}, "task_ids": {}, "updated_at": utcnow()}
         for p in plans
     ])
     return run_id
@@ -158,7 +158,7 @@ def stage_started(run_id: str, batch_no: int, stage: str, task_id: str | None, a
         task_ids[stage] = task_id
         attempts = dict(batch.attempts or {})
         attempts[stage] = attempt + 1
-        values.update(task_ids=task_ids, attempts=attempts)
+        values.update(task_ids=task_ids, attempts=attempts, updated_at=utcnow())
         conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
                      .values(**values))
         _refresh_run(conn, run_id)
@@ -168,7 +168,7 @@ def stage_started(run_id: str, batch_no: int, stage: str, task_id: str | None, a
 def stage_finished(conn: Connection, run_id: str, batch_no: int, stage: str, **values: Any) -> None:
     """Within the caller's transaction (the load stage commits rows and status together)."""
     _lock_run(conn, run_id)
-    values[f"{stage}_finished_at"] = utcnow()
+    values[f"{stage}_finished_at"] = values["updated_at"] = utcnow()
     conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
                  .values(**values))
     _refresh_run(conn, run_id)
@@ -234,3 +234,33 @@ def _refresh_run(conn: Connection, run_id: str) -> None:
 def get_run(run_id: str) -> Any:
     with get_engine().connect() as conn:
         return conn.execute(select(runs_t).where(runs_t.c.id == run_id)).one_or_none()
+
+
+def sweep_stale(older_than_s: float) -> list[tuple[str, int]]:
+    """Batches with no sign of life for ``older_than_s`` (their messages were lost, e.g. Redis restarted
+    empty) are marked failed and dead-lettered, so ``stockpulse dlq replay`` re-runs them.
+    Returns the (run id, batch) pairs swept."""
+    from datetime import timedelta
+
+    from stockpulse.errors import TransientError
+    from stockpulse.reliability import dlq
+
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with get_engine().connect() as conn:
+        stale = conn.execute(
+            select(batches_t.c.run_id, batches_t.c.batch_no, runs_t.c.pipeline)
+            .join(runs_t, runs_t.c.id == batches_t.c.run_id)
+            .where(batches_t.c.status.in_(("queued", "running")), batches_t.c.updated_at < cutoff)
+        ).all()
+    swept = []
+    for row in stale:
+        error = TransientError(f"no progress for {older_than_s:.0f}s: its task messages were lost (broker "
+                               "restarted empty?); replay it from the dead-letter queue")
+        entry = dlq.DeadLetter.from_failure(
+            task_name="stockpulse.maintenance.sweep_stale_runs", stage="fetch",
+            kwargs={"run_id": row.run_id, "batch_no": row.batch_no, "pipeline": row.pipeline}, stage_input=None,
+            error=error, original=error, attempts=0, worker=None)
+        dlq.add(entry)
+        batch_failed(row.run_id, row.batch_no, "fetch", error)
+        swept.append((row.run_id, row.batch_no))
+    return swept

@@ -34,3 +34,19 @@ def dlq_purge(entry_id: str | None = None, older_than: str | None = None) -> int
     if entry_id is None and older_than is None:
         raise ValueError("give entry_id or older_than")
     return dlq.purge(entry_id, older_than_s=parse_duration(older_than).total_seconds() if older_than else None)
+
+
+@app.task(name="stockpulse.maintenance.dlq_show")
+def dlq_show(entry_id: str) -> dict[str, Any]:
+    entry = dlq.get(entry_id)
+    return {**entry.summary(), "traceback": entry.traceback}
+
+
+@app.task(name="stockpulse.maintenance.sweep_stale_runs")
+def sweep_stale_runs(older_than_s: float | None = None) -> list[list[Any]]:
+    """Fail and dead-letter batches that stopped making progress (lost messages)."""
+    from stockpulse.config import get_settings
+    from stockpulse.pipeline.runs import sweep_stale
+
+    threshold = older_than_s if older_than_s is not None else float(get_settings().runs.get("stale_after_s", 21600))
+    return [list(item) for item in sweep_stale(threshold)]

@@ -166,3 +166,28 @@ def test_quarantine_tools(clean_stack: Stack, sim) -> None:
     assert "purged 1 records" in cli("quarantine", "purge", "--pipeline", "daily_bars").stdout
     with get_engine().connect() as conn:
         assert conn.execute(select(pipeline_runs.c.status)).scalar() == "partial"
+
+
+def test_stale_batches_are_swept_to_the_dlq_and_replayable(clean_stack: Stack) -> None:
+    """A run whose messages were lost (never picked up) is failed by the sweeper and completed by a replay."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from stockpulse.config import get_settings
+    from stockpulse.db.models import pipeline_run_batches, pipeline_runs
+    from stockpulse.errors import utcnow
+    from stockpulse.pipeline.runs import BatchPlan, _create_run, get_run, sweep_stale
+
+    pipe = get_settings().pipeline("daily_bars")
+    with get_engine().begin() as conn:  # recorded, but its chain never reached the broker
+        run_id = _create_run(conn, pipe, "manual", [BatchPlan(0, ("IBM",), START, END)], {"symbols": ["IBM"]})
+        conn.execute(update(pipeline_run_batches).values(updated_at=utcnow() - timedelta(hours=1)))
+    assert sweep_stale(older_than_s=600) == [(run_id, 0)]
+    assert get_run(run_id).status == "failed" and "messages were lost" in get_run(run_id).error_message
+    assert sweep_stale(older_than_s=600) == []  # settled batches are not swept twice
+    result = dlq.replay(f"{run_id}:0")
+    replay = clean_stack.wait(result["replay_run"])
+    assert replay.status == "succeeded" and bar_count() == SESSIONS
+    with get_engine().connect() as conn:
+        assert conn.execute(select(func.count()).select_from(pipeline_runs)).scalar() == 2
