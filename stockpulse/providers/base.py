@@ -94,6 +94,9 @@ class ProviderClient:
         self.settings = settings
         self.checkpoint = checkpoint
         self.requests_resumed = 0
+        # The newest response is saved only when another request follows it: a fetch that completes
+        # never needs its last response again (and single-request fetches write no checkpoint at all).
+        self._unsaved: tuple[str, Any] | None = None
         self.base_url = (settings.base_url or spec.default_base_url).rstrip("/")
         self.session = requests.Session()
         self.session.headers["User-Agent"] = settings.user_agent or f"stockpulse/{__version__}"
@@ -110,16 +113,18 @@ class ProviderClient:
         are left to the stage, which re-queues instead of sleeping."""
         from stockpulse.reliability import breaker, quotas
 
-        key = None
-        if self.checkpoint is not None:
-            key = orjson.dumps([path, sorted((params or {}).items())], default=str).decode()
-            saved = self.checkpoint.get(key)
-            if saved is not None:
-                self.requests_resumed += 1
-                return saved
+        if self.checkpoint is None:
+            return self._get_json_retrying(path, params, headers, breaker, quotas)
+        if self._unsaved is not None:
+            self.checkpoint.put(*self._unsaved)
+            self._unsaved = None
+        key = orjson.dumps([path, sorted((params or {}).items())], default=str).decode()
+        saved = self.checkpoint.get(key)
+        if saved is not None:
+            self.requests_resumed += 1
+            return saved
         body = self._get_json_retrying(path, params, headers, breaker, quotas)
-        if self.checkpoint is not None and key is not None:
-            self.checkpoint.put(key, body)
+        self._unsaved = (key, body)
         return body
 
     def _get_json_retrying(self, path: str, params: dict | None, headers: dict | None, breaker: Any,
