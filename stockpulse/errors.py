@@ -92,9 +92,31 @@ def classify(exc: BaseException) -> StockPulseError:
 
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return TransientError(f"redis unavailable: {exc}")
+    websocket_error = _classify_websocket(exc)
+    if websocket_error is not None:
+        return websocket_error
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return TransientError(f"{type(exc).__name__}: {exc}")
     return PermanentError(f"{type(exc).__name__}: {exc}")
+
+
+def _classify_websocket(exc: BaseException) -> StockPulseError | None:
+    """websocket-client errors: a dropped or silent socket is transient; a refused handshake is transient for
+    429/5xx and permanent otherwise (401/403: bad key); a malformed frame or bad URL is permanent."""
+    import websocket
+
+    if isinstance(exc, (websocket.WebSocketConnectionClosedException, websocket.WebSocketTimeoutException)):
+        return TransientError(f"websocket: {type(exc).__name__}: {exc}")
+    if isinstance(exc, websocket.WebSocketBadStatusException):
+        status = getattr(exc, "status_code", 0) or 0
+        if status in TRANSIENT_HTTP_STATUSES:
+            return TransientError(f"websocket handshake refused: HTTP {status}")
+        return PermanentError(f"websocket handshake refused: HTTP {status}")
+    if isinstance(exc, (websocket.WebSocketAddressException, websocket.WebSocketProxyException)):
+        return TransientError(f"websocket: cannot connect: {exc}")
+    if isinstance(exc, (websocket.WebSocketPayloadException, websocket.WebSocketProtocolException)):
+        return PermanentError(f"websocket: protocol error: {exc}")
+    return None
 
 
 def utcnow() -> datetime:

@@ -147,10 +147,16 @@ def load_batch(conn: Connection, run_id: str, batch_no: int) -> Any:
 
 
 def stage_started(run_id: str, batch_no: int, stage: str, task_id: str | None, attempt: int) -> Any:
-    """Mark a stage started; returns the batch row as it was (callers skip work a batch already did)."""
+    """Mark a stage started; returns the batch row as it was (callers skip work a batch already did).
+
+    The run row is only recomputed when the batch starts for the first time (the run becomes running): a
+    per-stage round of run locking would cost more than many a stage.
+    """
     with get_engine().begin() as conn:
-        _lock_run(conn, run_id)
         batch = load_batch(conn, run_id, batch_no)
+        first_start = batch.status == "queued"
+        if first_start:
+            _lock_run(conn, run_id)
         values: dict[str, Any] = {f"{stage}_started_at": batch._mapping[f"{stage}_started_at"] or utcnow()}
         if batch.status == "queued":
             values["status"] = "running"
@@ -161,17 +167,22 @@ def stage_started(run_id: str, batch_no: int, stage: str, task_id: str | None, a
         values.update(task_ids=task_ids, attempts=attempts, updated_at=utcnow())
         conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
                      .values(**values))
-        _refresh_run(conn, run_id)
+        if first_start:
+            _refresh_run(conn, run_id)
         return batch
 
 
-def stage_finished(conn: Connection, run_id: str, batch_no: int, stage: str, **values: Any) -> None:
-    """Within the caller's transaction (the load stage commits rows and status together)."""
-    _lock_run(conn, run_id)
+def stage_finished(conn: Connection, run_id: str, batch_no: int, stage: str, *, refresh_run: bool = True,
+                   **values: Any) -> None:
+    """Within the caller's transaction (the load stage commits rows and status together). ``refresh_run``
+    recomputes the run's totals and status; a stage that changes neither can skip it."""
+    if refresh_run:
+        _lock_run(conn, run_id)
     values[f"{stage}_finished_at"] = values["updated_at"] = utcnow()
     conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
                  .values(**values))
-    _refresh_run(conn, run_id)
+    if refresh_run:
+        _refresh_run(conn, run_id)
 
 
 def batch_failed(run_id: str, batch_no: int, stage: str, exc: BaseException) -> None:

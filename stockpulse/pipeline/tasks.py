@@ -7,6 +7,7 @@ the stage does.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -19,7 +20,7 @@ from stockpulse.datatypes import get_data_type
 from stockpulse.datatypes.base import Rejected
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import watermarks as watermarks_t
-from stockpulse.errors import PermanentError, TransientError, classify
+from stockpulse.errors import TransientError, classify
 from stockpulse.pipeline import payloads, runs
 from stockpulse.pipeline.checkpoints import FetchCheckpoint
 from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
@@ -54,7 +55,11 @@ class StageTask(Task):
                 # Redelivered after the batch was settled (the worker died between commit and ack).
                 log.info("stage skipped: batch already %s", batch.status, extra=context)
                 return {"skipped": batch.status}
-            return super().__call__(*args, **kwargs)
+            token = _current_batch.set(batch)
+            try:
+                return super().__call__(*args, **kwargs)
+            finally:
+                _current_batch.reset(token)
         except Retry:
             raise
         except Exception as exc:
@@ -112,27 +117,30 @@ def _policy(stage: str) -> dict[str, Any]:
     return {"soft_time_limit": policy.soft_time_limit_s, "time_limit": policy.time_limit_s}
 
 
-def _context(run_id: str, batch_no: int) -> tuple[Any, Any, Any, Query]:
-    run = runs.get_run(run_id)
-    if run is None:
-        raise PermanentError(f"unknown run {run_id}")
-    pipe = get_settings().pipeline(run.pipeline)
-    with get_engine().connect() as conn:
-        batch = runs.load_batch(conn, run_id, batch_no)
+# The batch row StageTask read when the stage started, so the stage body need not read it again.
+_current_batch: ContextVar[Any] = ContextVar("stockpulse_current_batch", default=None)
+
+
+def _context(run_id: str, batch_no: int, pipeline: str) -> tuple[Any, Any, Query]:
+    pipe = get_settings().pipeline(pipeline)
+    batch = _current_batch.get()
+    if batch is None or batch.run_id != run_id or batch.batch_no != batch_no:
+        with get_engine().connect() as conn:
+            batch = runs.load_batch(conn, run_id, batch_no)
     query = Query(symbols=tuple(batch.symbols), interval=pipe.interval, start=date.fromisoformat(batch.start),
                   end=date.fromisoformat(batch.end), options=dict(pipe.options))
-    return run, pipe, batch, query
+    return pipe, batch, query
 
 
 @app.task(bind=True, base=StageTask, name="stockpulse.pipeline.fetch", stage="fetch", **_policy("fetch"))
 def fetch(self: StageTask, *, run_id: str, batch_no: int, pipeline: str) -> dict[str, Any]:
-    run, pipe, _batch, query = _context(run_id, batch_no)
+    pipe, _batch, query = _context(run_id, batch_no, pipeline)
     checkpoint = FetchCheckpoint(run_id, batch_no)
     fetcher = get_fetcher(pipe.provider, pipe.data_type, checkpoint=checkpoint)
     pages = fetcher.extract(query)
     handle = payloads.put(pages, run_id=run_id, label=f"b{batch_no}-fetch")
     with get_engine().begin() as conn:
-        runs.stage_finished(conn, run_id, batch_no, "fetch")
+        runs.stage_finished(conn, run_id, batch_no, "fetch", refresh_run=False)
     checkpoint.clear()
     client = fetcher.client
     log.info("fetched %d pages (%d bytes) in %d requests, %d resumed from a checkpoint", len(pages),
@@ -145,7 +153,7 @@ def fetch(self: StageTask, *, run_id: str, batch_no: int, pipeline: str) -> dict
              **_policy("transform"))
 def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no: int,
               pipeline: str) -> dict[str, Any]:
-    run, pipe, _batch, query = _context(run_id, batch_no)
+    pipe, _batch, query = _context(run_id, batch_no, pipeline)
     fetcher = get_fetcher(pipe.provider, pipe.data_type, with_client=False)
     data_type = get_data_type(pipe.data_type)
     records = list(fetcher.transform(payloads.get(fetched), query))
@@ -166,7 +174,7 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
 @app.task(bind=True, base=StageTask, name="stockpulse.pipeline.load", stage="load", **_policy("load"))
 def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no: int,
          pipeline: str) -> dict[str, Any]:
-    run, pipe, _batch, _query = _context(run_id, batch_no)
+    pipe = get_settings().pipeline(pipeline)
     data_type = get_data_type(pipe.data_type)
     rows = [data_type.from_row(r) if data_type.from_row else tuple(r) for r in payloads.get(transformed["rows"])]
     with get_engine().begin() as conn:

@@ -68,3 +68,26 @@ def test_classification_of_database_errors() -> None:
     dup = sa_exc.IntegrityError("INSERT", {}, Exception("duplicate key value"))
     assert isinstance(classify(lost), TransientError)
     assert isinstance(classify(dup), PermanentError)
+
+
+def test_classification_of_websocket_errors() -> None:
+    import websocket
+
+    assert isinstance(classify(websocket.WebSocketConnectionClosedException("closed")), TransientError)
+    assert isinstance(classify(websocket.WebSocketTimeoutException("silent")), TransientError)
+    assert isinstance(classify(websocket.WebSocketBadStatusException("Handshake status %d", 503)), TransientError)
+    assert isinstance(classify(websocket.WebSocketBadStatusException("Handshake status %d", 401)), PermanentError)
+    assert isinstance(classify(websocket.WebSocketProtocolException("bad frame")), PermanentError)
+
+
+def test_classification_of_http_and_network_errors() -> None:
+    import requests
+
+    response = requests.Response()
+    response.status_code, response.headers["Retry-After"] = 429, "3"
+    throttled = classify(requests.HTTPError(response=response))
+    assert isinstance(throttled, TransientError) and throttled.retry_after == 3.0
+    response.status_code = 404
+    assert isinstance(classify(requests.HTTPError(response=response)), PermanentError)
+    assert isinstance(classify(requests.ConnectTimeout("connect")), TransientError)
+    assert isinstance(classify(ConnectionResetError("reset")), TransientError)
