@@ -25,6 +25,27 @@ class _Group(click.Group):
         except StockPulseError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
+        except Exception as exc:
+            message = _service_error(exc)
+            if message is None:
+                raise
+            click.echo(f"error: {message}", err=True)
+            sys.exit(1)
+
+
+def _service_error(exc: BaseException) -> str | None:
+    """A clear line for Redis or the database being unreachable or unmigrated, instead of a traceback."""
+    import redis
+    import sqlalchemy.exc as sa_exc
+
+    from stockpulse.config import get_settings, redact_url
+
+    if isinstance(exc, redis.ConnectionError):
+        return f"cannot reach Redis at {redact_url(get_settings().redis_url)}: {exc}"
+    if isinstance(exc, (sa_exc.OperationalError, sa_exc.ProgrammingError)):
+        hint = " (run `stockpulse db upgrade`?)" if "no such table" in str(exc) or "does not exist" in str(exc) else ""
+        return f"database at {redact_url(get_settings().database_url)}: {str(exc.orig).strip()}{hint}"
+    return None
 
 
 def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:

@@ -33,3 +33,15 @@ def test_bad_inputs_get_clear_errors() -> None:
     assert bad_symbol.returncode == 2 and "invalid symbol 'DROP TABLE'" in bad_symbol.stderr
     bad_date = cli("backfill", "daily_bars", "--start", "2024-13-01", "--end", "2024-12-31")
     assert bad_date.returncode == 2 and "is not a date" in bad_date.stderr
+
+
+def test_unreachable_or_unmigrated_services_get_a_clear_line(tmp_path: Path) -> None:
+    env = dict(os.environ, STOCKPULSE_DATABASE_URL=f"sqlite:///{tmp_path / 'empty.db'}")
+    runs = subprocess.run([sys.executable, "-m", "stockpulse.cli", "runs"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert runs.returncode == 1 and "no such table: pipeline_runs (run `stockpulse db upgrade`?)" in runs.stderr
+    env = dict(os.environ, STOCKPULSE_REDIS_URL="redis://127.0.0.1:1/0")
+    providers = subprocess.run([sys.executable, "-m", "stockpulse.cli", "providers"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert providers.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in providers.stderr
+    assert "Traceback" not in runs.stderr + providers.stderr

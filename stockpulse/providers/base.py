@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -72,7 +72,7 @@ class ResponseTooLarge(PermanentError):
     pass
 
 
-class ResponseCache:
+class ResponseCache(Protocol):
     """Where a client keeps the responses of a fetch in progress (see ``stockpulse.pipeline.checkpoints``)."""
 
     def get(self, key: str) -> Any | None: ...
