@@ -103,6 +103,30 @@ def _tune_gc(**_: Any) -> None:
 
 
 @signals.worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """In the worker's main process, before the pool forks: multiprocess metrics and their endpoint."""
+    from pathlib import Path
+
+    from stockpulse.observability import metrics
+
+    settings = get_settings()
+    port = int(settings.metrics.get("port", 0))
+    if not port:
+        return
+    directory = Path(settings.var_dir) / settings.metrics.get("multiproc_dir", "metrics") / f"worker-{os.getpid()}"
+    metrics.enable_multiprocess(directory, fresh=True)
+    metrics.serve(port, settings.metrics.get("address", "0.0.0.0"))
+
+
+@signals.worker_process_shutdown.connect
+def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from stockpulse.observability import metrics
+
+        metrics.process_exited(pid or os.getpid())
+
+
+@signals.worker_init.connect
 @signals.beat_init.connect
 def _require_provider_keys(**_: Any) -> None:
     """Workers and beat need the API keys of enabled pipelines; refuse to start without them."""

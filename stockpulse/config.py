@@ -61,6 +61,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "dlq": {"max_entries": 10000, "retention_days": 30},
     # A batch without any sign of life for this long lost its messages; the sweeper dead-letters it.
     "runs": {"stale_after_s": 21600},
+    # Each worker serves its pipeline metrics on this port (0: off); pool processes share them through
+    # files under multiproc_dir (relative to var_dir).
+    "metrics": {"port": 9810, "address": "0.0.0.0", "multiproc_dir": "metrics"},
     "stages": {
         "fetch": {"max_retries": 5, "backoff_base_s": 2.0, "backoff_cap_s": 300.0, "soft_time_limit_s": 300,
                   "time_limit_s": 360},
@@ -139,6 +142,7 @@ class Settings:
     payloads: dict[str, Any]
     dlq: dict[str, Any]
     runs: dict[str, Any]
+    metrics: dict[str, Any]
     stages: dict[str, StagePolicy]
     logging: dict[str, Any]
     providers: dict[str, ProviderSettings]
@@ -257,6 +261,12 @@ class RunsSchema(_Strict):
     stale_after_s = fields.Float(validate=validate.Range(min=60))
 
 
+class MetricsSchema(_Strict):
+    port = fields.Integer(validate=validate.Range(min=0, max=65535))
+    address = fields.String()
+    multiproc_dir = fields.String()
+
+
 class LoggingSchema(_Strict):
     level = fields.String(validate=validate.OneOf(("DEBUG", "INFO", "WARNING", "ERROR")))
     format = fields.String(validate=validate.OneOf(("json", "console")))
@@ -275,6 +285,7 @@ class SettingsSchema(_Strict):
     payloads = fields.Dict(keys=fields.String(), required=True)
     dlq = fields.Nested(lambda: DlqSchema(), required=True)
     runs = fields.Nested(lambda: RunsSchema(), required=True)
+    metrics = fields.Nested(lambda: MetricsSchema(), required=True)
     stages = fields.Nested(StagesSchema, required=True)
     logging = fields.Nested(LoggingSchema, required=True)
     providers = fields.Dict(keys=fields.String(), values=fields.Nested(ProviderSchema), required=True)
@@ -506,6 +517,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         payloads=data["payloads"],
         dlq=data["dlq"],
         runs=data["runs"],
+        metrics=data["metrics"],
         stages=data["stages"],
         logging=data["logging"],
         providers=providers,

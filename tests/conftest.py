@@ -57,6 +57,7 @@ def test_config(sim_url: str) -> dict[str, Any]:
     return {
         "environment": "test",
         "logging": {"format": "json"},
+        "metrics": {"port": 0},  # a test that scrapes a worker gives it a port of its own
         # Small, so a message held by a SIGKILLed worker comes back quickly; above every retry countdown.
         "celery": {"visibility_timeout_s": 8, "unacked_restore_interval_s": 2},
         "stages": {"fetch": fast, "transform": fast, "load": fast},

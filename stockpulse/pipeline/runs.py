@@ -234,9 +234,14 @@ def _refresh_run(conn: Connection, run_id: str) -> None:
         values["finished_at"] = utcnow()
     elif any(r.status != "queued" for r in rows):
         values["status"] = "running"
-    current = conn.execute(select(runs_t.c.started_at, runs_t.c.status).where(runs_t.c.id == run_id)).one()
+    current = conn.execute(select(runs_t.c.started_at, runs_t.c.status, runs_t.c.pipeline, runs_t.c.trigger)
+                           .where(runs_t.c.id == run_id)).one()
     if current.status in FINAL and values.get("status") not in FINAL:
         values.pop("status", None)  # a late redelivery must not reopen a finished run
+    if current.status not in FINAL and values.get("status") in FINAL:
+        from stockpulse.observability import metrics
+
+        metrics.run_finished(current.pipeline, current.trigger, values["status"], values["finished_at"].timestamp())
     if current.started_at is None and values.get("status") in ("running", *FINAL):
         values["started_at"] = utcnow()
     conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))

@@ -7,6 +7,7 @@ the stage does.
 from __future__ import annotations
 
 import logging
+import time
 from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from stockpulse.datatypes.base import Rejected
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import watermarks as watermarks_t
 from stockpulse.errors import TransientError, classify
+from stockpulse.observability import metrics
 from stockpulse.pipeline import payloads, runs
 from stockpulse.pipeline.checkpoints import FetchCheckpoint
 from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
@@ -49,6 +51,7 @@ class StageTask(Task):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         run_id, batch_no = kwargs["run_id"], kwargs["batch_no"]
         context = {"run_id": run_id, "batch_no": batch_no, "stage": self.stage}
+        pipeline, began = kwargs.get("pipeline", ""), time.monotonic()
         try:
             batch = runs.stage_started(run_id, batch_no, self.stage, self.request.id, self.request.retries or 0)
             if batch.status in ("loaded", "failed"):
@@ -57,9 +60,11 @@ class StageTask(Task):
                 return {"skipped": batch.status}
             token = _current_batch.set(batch)
             try:
-                return super().__call__(*args, **kwargs)
+                result = super().__call__(*args, **kwargs)
             finally:
                 _current_batch.reset(token)
+            metrics.stage_done(pipeline, self.stage, "success", time.monotonic() - began)
+            return result
         except Retry:
             raise
         except Exception as exc:
@@ -73,6 +78,7 @@ class StageTask(Task):
                 log.info("%s: waiting %.1fs: %s", self.stage, delay, error,
                          extra={**context, "provider": provider, "delay_s": round(delay, 3),
                                 "wait": type(error).__name__})
+                metrics.wait(provider, "quota" if isinstance(error, QuotaWait) else "breaker")
                 raise self.retry(countdown=delay, exc=error, max_retries=None) from None
             failures = 0
             if isinstance(error, TransientError):
@@ -87,10 +93,14 @@ class StageTask(Task):
                                     failures + 1, policy.max_retries + 1, type(error).__name__, error,
                                     extra={**context, "provider": provider, "attempt": failures + 1,
                                            "delay_s": round(delay, 3), "error_type": type(error).__name__})
+                        metrics.retry(pipeline, self.stage, type(error).__name__)
+                        metrics.stage_done(pipeline, self.stage, "retry", time.monotonic() - began)
                         raise self.retry(countdown=delay, exc=error, max_retries=None) from None
             log.error("%s failed for good: %s: %s", self.stage, type(error).__name__, error,
                       extra={**context, "provider": provider, "error_type": type(error).__name__})
             self._dead_letter(error, exc, kwargs, args, failures)
+            metrics.dead_letter(pipeline, self.stage, type(error).__name__)
+            metrics.stage_done(pipeline, self.stage, "failure", time.monotonic() - began)
             try:
                 runs.batch_failed(run_id, batch_no, self.stage, error)
             except Exception:  # the database itself may be what failed; the DLQ entry says so anyway
@@ -166,6 +176,8 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
                            data_type=pipe.data_type, provider=pipe.provider)
         runs.stage_finished(conn, run_id, batch_no, "transform", fetched=len(records), valid=len(result.valid),
                             rejected=len(result.rejected))
+    metrics.records(pipeline, "transform", fetched=len(records), valid=len(result.valid),
+                    rejected=len(result.rejected))
     log.info("validated %d records: %d valid, %d quarantined", len(records), len(result.valid),
              len(result.rejected), extra={"run_id": run_id, "batch_no": batch_no, "stage": "transform"})
     return {"rows": handle, "fetched": fetched}
@@ -181,6 +193,7 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
         changed = upsert(conn, data_type.table, data_type.columns, data_type.key, rows)
         raise_watermarks(conn, watermarks_t, pipe.name, latest_per_symbol(rows, data_type.columns))
         runs.stage_finished(conn, run_id, batch_no, "load", loaded=len(rows), status="loaded")
+    metrics.records(pipeline, "load", loaded=len(rows))
     # Only after the commit: a redelivered load finds the batch settled and never needs the payload.
     payloads.delete(transformed["rows"], transformed.get("fetched"))
     log.info("loaded %d rows (%d new or changed)", len(rows), changed,
