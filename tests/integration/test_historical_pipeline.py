@@ -132,6 +132,10 @@ def test_large_payloads_travel_by_reference_and_are_deleted(clean_stack: Stack, 
     run = clean_stack.run("daily_bars", start=date(2020, 1, 1), end=END)
     assert run.status == "succeeded"
     assert "'ref': 'stockpulse:payload:" in clean_stack.worker.log()  # test config: inline up to 4 KiB
+    # The load deletes its payloads right after its commit, which is what marks the run finished.
+    deadline = time.monotonic() + 10
+    while list(redis_client.scan_iter("stockpulse:payload:*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert list(redis_client.scan_iter("stockpulse:payload:*")) == []
 
 
@@ -191,6 +195,9 @@ def test_a_finished_run_is_not_reopened_by_a_redelivered_stage(clean_stack: Stac
 
 def test_worker_logs_are_json_lines_carrying_run_and_task_ids(clean_stack: Stack) -> None:
     run = clean_stack.run("daily_bars", symbols=["AAPL"], start=START, end=END)
+    deadline = time.monotonic() + 10  # the load logs its line just after the commit that ends the run
+    while "loaded 65 rows" not in clean_stack.worker.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     records = []
     for line in clean_stack.worker.log().splitlines():
         if line.startswith("{"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date
 
 import pytest
@@ -38,7 +39,12 @@ def test_counters_from_a_prefork_pool_of_two_sum_correctly(clean_stack: Stack, s
             clean_stack.run("crypto_daily_bars", start=START, end=END)]  # 1 batch
     assert [r.status for r in runs] == ["succeeded"] * 3
     loaded = sum(r.records_loaded for r in runs)
+    # A stage's own metrics are recorded just after the commit that can end its run: let the last one land.
+    deadline = time.monotonic() + 10
     samples = scrape(port)
+    while total(samples, "stockpulse_stage_duration_seconds_count", stage="load") < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        samples = scrape(port)
     assert total(samples, "stockpulse_stage_duration_seconds_count", stage="load", outcome="success") == 5
     assert total(samples, "stockpulse_stage_duration_seconds_count", stage="fetch", outcome="success") == 5
     assert total(samples, "stockpulse_records_total", stage="load", outcome="loaded") == loaded
