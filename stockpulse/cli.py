@@ -177,6 +177,11 @@ class _Null:
         return None
 
 
+def _row_data(row: Any) -> dict[str, Any]:
+    """A database row as JSON-ready data (timestamps as ISO 8601)."""
+    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row._mapping.items()}
+
+
 def _summary(run: Any) -> str:
     text = (f"run {run.id} {run.pipeline} [{run.trigger}] {run.status}: fetched {run.records_fetched}, "
             f"loaded {run.records_loaded}, rejected {run.records_rejected}")
@@ -268,8 +273,7 @@ def runs(pipeline: str | None, status: str | None, limit: int, as_json: bool) ->
         rows = conn.execute(query).all()
     if as_json:
         for row in rows:
-            click.echo(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
-                                   for k, v in row._mapping.items()}))
+            click.echo(json.dumps(_row_data(row)))
         return
     table = Table("run id", "pipeline", "trigger", "status", "created", "fetched", "loaded", "rejected", "error")
     for row in rows:
@@ -429,8 +433,7 @@ def quarantine_list(pipeline: str | None, reason: str | None, limit: int, as_jso
     rows = list_quarantined(pipeline=pipeline, reason=reason, limit=limit)
     if as_json:
         for row in rows:
-            click.echo(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v)
-                                   for k, v in row._mapping.items()}))
+            click.echo(json.dumps(_row_data(row)))
         return
     table = Table("id", "pipeline", "provider", "symbol", "run", "reason", "at")
     for row in rows:
@@ -447,7 +450,7 @@ def quarantine_show(row_id: int) -> None:
     row = get_quarantined(row_id)
     if row is None:
         raise StockPulseError(f"no quarantined record {row_id}")
-    data = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row._mapping.items()}
+    data = _row_data(row)
     data["record"] = json.loads(row.record)
     click.echo(json.dumps(data, indent=2))
 

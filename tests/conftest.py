@@ -337,3 +337,17 @@ def weekdays(start: date, end: date) -> list[date]:
     from stockpulse.sim.data import trading_days
 
     return trading_days(start, end)
+
+
+def bar_count(**where: str) -> int:
+    """Rows in ``bars``, optionally where column == value."""
+    from sqlalchemy import func, select
+
+    from stockpulse.db.engine import get_engine
+    from stockpulse.db.models import bars
+
+    query = select(func.count()).select_from(bars)
+    for column, value in where.items():
+        query = query.where(bars.c[column] == value)
+    with get_engine().connect() as conn:
+        return conn.execute(query).scalar()

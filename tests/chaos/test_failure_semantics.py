@@ -19,21 +19,16 @@ from datetime import date
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import bars, pipeline_run_batches
 from stockpulse.reliability import dlq
-from tests.conftest import TEST_PG_URL, Stack, start_worker, table_rows, weekdays
+from tests.conftest import TEST_PG_URL, Stack, bar_count, start_worker, table_rows, weekdays
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos]
 START, END = date(2024, 1, 1), date(2024, 3, 29)
 SESSIONS = len(weekdays(START, END))
-
-
-def bar_count() -> int:
-    with get_engine().connect() as conn:
-        return conn.execute(select(func.count()).select_from(bars)).scalar()
 
 
 def batch_in_stage(run_id: str, stage: str) -> bool:

@@ -13,20 +13,12 @@ import pytest
 from sqlalchemy import func, select
 
 from stockpulse.db.engine import get_engine
-from stockpulse.db.models import bars, pipeline_run_batches, watermarks
-from tests.conftest import ROOT, Stack, table_rows, weekdays
+from stockpulse.db.models import pipeline_run_batches, watermarks
+from tests.conftest import ROOT, Stack, bar_count, table_rows, weekdays
 
 pytestmark = pytest.mark.integration
 START, END = date(2024, 1, 1), date(2024, 3, 29)
 SESSIONS = len(weekdays(START, END))
-
-
-def bar_count(**where: str) -> int:
-    query = select(func.count()).select_from(bars)
-    for column, value in where.items():
-        query = query.where(bars.c[column] == value)
-    with get_engine().connect() as conn:
-        return conn.execute(query).scalar()
 
 
 @pytest.mark.parametrize(("pipeline", "symbols", "expected"), [

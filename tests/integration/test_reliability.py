@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, select
 
 from stockpulse.db.engine import get_engine
-from stockpulse.db.models import bars, pipeline_runs, quarantine
+from stockpulse.db.models import pipeline_runs, quarantine
 from stockpulse.reliability import dlq
-from tests.conftest import ROOT, Stack, table_rows, weekdays
+from tests.conftest import ROOT, Stack, bar_count, table_rows, weekdays
 
 pytestmark = pytest.mark.integration
 START, END = date(2024, 1, 1), date(2024, 3, 29)
@@ -25,11 +25,6 @@ SESSIONS = len(weekdays(START, END))
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "stockpulse.cli", *args], cwd=ROOT, env=dict(os.environ),
                           capture_output=True, text=True, timeout=120)
-
-
-def bar_count() -> int:
-    with get_engine().connect() as conn:
-        return conn.execute(select(func.count()).select_from(bars)).scalar()
 
 
 def test_quota_waits_requeue_without_using_the_retry_budget(clean_stack: Stack) -> None:
