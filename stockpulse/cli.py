@@ -304,6 +304,82 @@ def providers() -> None:
     Console(width=200).print(table)
 
 
+# ---------------------------------------------------------------------------------------------- monitoring
+
+
+def _ago(moment: Any, now: Any) -> str:
+    if moment is None:
+        return "-"
+    seconds = (now - moment).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The snapshot as one JSON object.")
+def status(as_json: bool) -> None:
+    """The quick look: each pipeline's last run and freshness, queue and DLQ depth, breakers."""
+    from dataclasses import asdict
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from stockpulse.observability.status import take_snapshot
+
+    snap = take_snapshot()
+    if as_json:
+        click.echo(json.dumps(asdict(snap), default=str, indent=2))
+        sys.exit(1 if snap.problems else 0)
+    now = snap.taken_at
+    colours = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan", "queued": "cyan"}
+    table = Table("pipeline", "data type", "provider", "queue", "last run", "status", "loaded", "last success",
+                  "newest record", "quarantined", title="Pipelines")
+    for p in snap.pipelines:
+        state = p.last_status or "never run"
+        state = f"[{colours.get(state, 'white')}]{state}[/]" if p.enabled else f"[dim]{state} (disabled)[/]"
+        table.add_row(p.name, p.data_type, p.provider, p.queue, _ago(p.last_finished_at, now), state,
+                      "-" if p.last_records_loaded is None else f"{p.last_records_loaded:,}",
+                      _ago(p.last_success_at, now), _ago(p.newest_record_at, now), str(p.quarantined))
+    console = Console(width=200)
+    console.print(table)
+    queues = "  ".join(f"{q} {n}" for q, n in snap.queues.items()) or "-"
+    console.print(f"queues waiting: {queues}")
+    console.print(f"dead letters: {'[red]' if snap.dlq_depth else ''}{snap.dlq_depth}{'[/]' if snap.dlq_depth else ''}")
+    for prov in snap.providers:
+        colour = {"closed": "green", "half-open": "yellow"}.get(prov.breaker_state, "red")
+        quota = f", quota {prov.quota}: {prov.quota_remaining} left" if prov.quota else ""
+        console.print(f"provider {prov.name}: breaker [{colour}]{prov.breaker_state}[/] "
+                      f"({prov.breaker_failures} failures){quota}")
+    for problem in snap.problems:
+        console.print(f"[red]cannot read {problem}[/]")
+    sys.exit(1 if snap.problems else 0)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Default: exporter.port (9808).")
+@click.option("--address", help="Default: exporter.address.")
+def exporter(port: int | None, address: str | None) -> None:
+    """Export Celery events (celery-exporter's metric names) and system health gauges for Prometheus."""
+    from stockpulse.observability.exporter import serve
+
+    serve(port, address)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), help="Default: flower.port (5555).")
+@click.option("--address", help="Default: flower.address; anything but loopback needs flower.basic_auth.")
+def flower(port: int | None, address: str | None) -> None:
+    """Start Flower with the configured authentication."""
+    import os
+
+    from stockpulse.observability.flower import flower_command
+
+    argv, env = flower_command(address=address, port=port)
+    os.execve(argv[0], argv, env)
+
+
 # ---------------------------------------------------------------------------------------------- dlq
 
 

@@ -26,7 +26,7 @@ ENV_PREFIX = "STOCKPULSE_"
 # Variables with our prefix that are not configuration keys.
 RESERVED_ENV = {"STOCKPULSE_CONFIG", "STOCKPULSE_HOME"}
 RESERVED_ENV_PREFIXES = ("STOCKPULSE_TEST_",)
-SECRET_KEYS = {"api_key", "api_secret", "password", "dsn", "token"}
+SECRET_KEYS = {"api_key", "api_secret", "password", "dsn", "token", "basic_auth"}
 TICKER_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,9}([.-][A-Z0-9]{1,10})?$")
 DATA_TYPES = ("bars", "trades", "fundamentals", "news")
 QUEUES = ("realtime", "historical", "fundamentals", "news", "maintenance")
@@ -64,6 +64,14 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     # Each worker serves its pipeline metrics on this port (0: off); pool processes share them through
     # files under multiproc_dir (relative to var_dir).
     "metrics": {"port": 9810, "address": "0.0.0.0", "multiproc_dir": "metrics"},
+    # The Celery event exporter: a worker silent for worker_timeout_s reads as down; which queues each
+    # worker consumes is asked at most every inspect_interval_s; the stockpulse_* gauges are recomputed at
+    # most every status_interval_s (they read the database and Redis).
+    "exporter": {"port": 9808, "address": "0.0.0.0", "worker_timeout_s": 30, "inspect_interval_s": 30,
+                 "status_interval_s": 5},
+    # Flower refuses to start on a non-loopback address without basic_auth ("user:password[,user:password]").
+    "flower": {"address": "127.0.0.1", "port": 5555, "basic_auth": None, "max_tasks": 10000,
+               "url_prefix": ""},
     "stages": {
         "fetch": {"max_retries": 5, "backoff_base_s": 2.0, "backoff_cap_s": 300.0, "soft_time_limit_s": 300,
                   "time_limit_s": 360},
@@ -143,6 +151,8 @@ class Settings:
     dlq: dict[str, Any]
     runs: dict[str, Any]
     metrics: dict[str, Any]
+    exporter: dict[str, Any]
+    flower: dict[str, Any]
     stages: dict[str, StagePolicy]
     logging: dict[str, Any]
     providers: dict[str, ProviderSettings]
@@ -267,6 +277,23 @@ class MetricsSchema(_Strict):
     multiproc_dir = fields.String()
 
 
+class ExporterSchema(_Strict):
+    port = fields.Integer(validate=validate.Range(min=1, max=65535))
+    address = fields.String()
+    worker_timeout_s = fields.Float(validate=validate.Range(min=1))
+    inspect_interval_s = fields.Float(validate=validate.Range(min=1))
+    status_interval_s = fields.Float(validate=validate.Range(min=0))
+
+
+class FlowerSchema(_Strict):
+    address = fields.String()
+    port = fields.Integer(validate=validate.Range(min=1, max=65535))
+    basic_auth = fields.String(allow_none=True, validate=validate.Regexp(
+        r"^[^:,\s]+:[^,\s]+(,[^:,\s]+:[^,\s]+)*$", error="basic_auth must be user:password[,user:password]"))
+    max_tasks = fields.Integer(validate=validate.Range(min=100, max=1_000_000))
+    url_prefix = fields.String()
+
+
 class LoggingSchema(_Strict):
     level = fields.String(validate=validate.OneOf(("DEBUG", "INFO", "WARNING", "ERROR")))
     format = fields.String(validate=validate.OneOf(("json", "console")))
@@ -286,6 +313,8 @@ class SettingsSchema(_Strict):
     dlq = fields.Nested(lambda: DlqSchema(), required=True)
     runs = fields.Nested(lambda: RunsSchema(), required=True)
     metrics = fields.Nested(lambda: MetricsSchema(), required=True)
+    exporter = fields.Nested(lambda: ExporterSchema(), required=True)
+    flower = fields.Nested(lambda: FlowerSchema(), required=True)
     stages = fields.Nested(StagesSchema, required=True)
     logging = fields.Nested(LoggingSchema, required=True)
     providers = fields.Dict(keys=fields.String(), values=fields.Nested(ProviderSchema), required=True)
@@ -518,6 +547,8 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         dlq=data["dlq"],
         runs=data["runs"],
         metrics=data["metrics"],
+        exporter=data["exporter"],
+        flower=data["flower"],
         stages=data["stages"],
         logging=data["logging"],
         providers=providers,
@@ -609,6 +640,9 @@ def known_secrets(settings: Settings | None = None) -> list[str]:
         match = re.search(r"://[^:/@]*:([^@]+)@", url)
         if match:
             values.append(match.group(1))
+    for pair in (settings.flower.get("basic_auth") or "").split(","):
+        if len(password := pair.partition(":")[2]) >= 4:
+            values.append(password)
     return sorted(set(values), key=len, reverse=True)
 
 

@@ -218,6 +218,7 @@ class Worker:
     process: subprocess.Popen
     log_path: Path
     extra_env: dict[str, str] | None = None
+    custom: bool = False  # started by restart_worker: replaced by a standard one before the next test
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -235,12 +236,12 @@ class Worker:
 
 
 def start_worker(name: str, *, concurrency: int = 2, extra_env: dict[str, str] | None = None,
-                 timeout: float = 60) -> Worker:
+                 timeout: float = 60, queues: str = QUEUES) -> Worker:
     log_path = _tmp / f"worker-{name}-{time.time_ns()}.log"
     env = dict(os.environ, **(extra_env or {}))
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", QUEUES, "-c", str(concurrency),
+            [sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", queues, "-c", str(concurrency),
              "-n", f"{name}@%h", "-l", "INFO", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(process, log_path, extra_env)
@@ -276,14 +277,15 @@ class Stack:
     worker: Worker
 
     def ensure_worker(self) -> None:
-        if self.worker.process.poll() is not None or self.worker.extra_env:
+        if self.worker.process.poll() is not None or self.worker.custom:
             self.worker.stop()
             self.worker = start_worker(f"test-{self.backend}")
 
-    def restart_worker(self, **extra_env: str) -> Worker:
+    def restart_worker(self, queues: str = QUEUES, **extra_env: str) -> Worker:
         """Replace the worker with one whose environment adds ``extra_env`` (until the next test)."""
         self.worker.stop()
-        self.worker = start_worker(f"test-{self.backend}-custom", extra_env=extra_env)
+        self.worker = start_worker(f"test-{self.backend}-custom", extra_env=extra_env, queues=queues)
+        self.worker.custom = True
         return self.worker
 
     def run(self, pipeline: str, *, timeout: float = 60, **kwargs: Any) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -109,6 +109,15 @@ def to_row(r: dict[str, Any]) -> list[Any]:
             r["volume"], r["source"]]
 
 
+INTERVAL_LENGTH = {"1m": timedelta(minutes=1), "5m": timedelta(minutes=5), "15m": timedelta(minutes=15),
+                   "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+
+
+def bar_end(ts: datetime, interval: str) -> datetime:
+    """A bar exists once its window closed (a daily bar: by the end of its session date, in UTC)."""
+    return ts + INTERVAL_LENGTH.get(interval, timedelta(0))
+
+
 def from_row(row: list[Any]) -> tuple[Any, ...]:
     return (row[0], row[1], datetime.fromisoformat(row[2]), *row[3:])
 
@@ -123,4 +132,5 @@ BARS = DataType(
     normalise=normalise,
     to_row=to_row,
     from_row=from_row,
+    event_time=bar_end,
 )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
@@ -56,6 +57,8 @@ class DataType:
     normalise: Callable[[dict[str, Any]], dict[str, Any]] = lambda r: r
     to_row: Callable[[dict[str, Any]], list[Any]] | None = None
     from_row: Callable[[list[Any]], tuple[Any, ...]] | None = None
+    # When the provider could first have published a record stamped ``ts`` (for ingestion latency).
+    event_time: Callable[[datetime, str], datetime] = lambda ts, interval: ts
 
     def validate_one(self, record: Any) -> tuple[dict[str, Any] | None, str | None]:
         """(canonical record, None) or (None, reason)."""

@@ -33,7 +33,10 @@ def get_engine(url: str | None = None) -> Engine:
     with _lock:
         engine = _engines.get(key)
         if engine is None:
+            from stockpulse.observability.metrics import instrument_pool
+
             engine = _create(url)
+            instrument_pool(engine)
             _engines[key] = engine
         return engine
 

@@ -49,7 +49,26 @@ def metrics() -> SimpleNamespace:
                              [*PIPELINE_LABELS, "stage", "error_type"]),
         last_success=Gauge("stockpulse_last_success_timestamp_seconds", "When a run of the pipeline last succeeded",
                            ["pipeline"], multiprocess_mode="max"),
+        latency=Histogram("stockpulse_ingestion_latency_seconds",
+                          "Provider event time of the newest record of a batch -> its load committed "
+                          "(scheduled and manual runs; backfills and replays load old data on purpose)",
+                          PIPELINE_LABELS, buckets=LATENCY_BUCKETS),
+        provider_requests=Counter("stockpulse_provider_requests_total",
+                                  "HTTP requests to providers by status code (error: no response at all)",
+                                  ["provider", "status"]),
+        provider_seconds=Histogram("stockpulse_provider_request_duration_seconds",
+                                   "Provider HTTP request duration, body included", ["provider"],
+                                   buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)),
+        db_in_use=Gauge("stockpulse_db_pool_connections_in_use",
+                        "Database connections checked out of the pools of this worker's processes",
+                        multiprocess_mode="livesum"),
+        db_checkouts=Counter("stockpulse_db_pool_checkouts_total", "Database connections checked out of a pool"),
     )
+
+
+# Realtime ticks land in well under a second; a daily bar is first seen a day after its session opened.
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 2 * 86400, 4 * 86400,
+                   7 * 86400)
 
 
 def labels_for(pipeline: str | None) -> dict[str, str]:
@@ -110,13 +129,79 @@ def run_finished(pipeline: str, trigger: str, status: str, finished_at: float) -
         metrics().last_success.labels(pipeline=pipeline).set(finished_at)
 
 
+@safely
+def ingestion_latency(pipeline: str, seconds: float) -> None:
+    metrics().latency.labels(**labels_for(pipeline)).observe(max(seconds, 0.0))
+
+
+@safely
+def provider_request(provider: str, status: int | str, seconds: float) -> None:
+    m = metrics()
+    m.provider_requests.labels(provider=provider, status=str(status)).inc()
+    m.provider_seconds.labels(provider=provider).observe(seconds)
+
+
+def instrument_pool(engine: Any) -> None:
+    """Count this process's checked-out connections (summed over a worker's processes on its endpoint)."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "checkout")
+    @safely
+    def _checkout(*_: Any) -> None:
+        m = metrics()
+        m.db_in_use.inc()
+        m.db_checkouts.inc()
+
+    @event.listens_for(engine, "checkin")
+    @safely
+    def _checkin(*_: Any) -> None:
+        metrics().db_in_use.dec()
+
+
+class WorkerProcessCollector:
+    """CPU seconds, RSS and open file descriptors of the worker's main process and each pool process: the
+    client's own process collector, run for every pid and told apart by a ``process`` label (main, pool)."""
+
+    def __init__(self, main_pid: int):
+        self.main_pid = main_pid
+
+    def collect(self) -> Any:
+        from prometheus_client import ProcessCollector
+        from prometheus_client.core import Metric
+
+        families: dict[str, Metric] = {}
+        for role, pid in self._processes():
+            collector = ProcessCollector(namespace="stockpulse_worker", pid=lambda pid=pid: pid, registry=None)
+            for family in collector.collect():
+                target = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    target.add_sample(sample.name, {**sample.labels, "process": role, "pid": str(pid)},
+                                      sample.value)
+        return list(families.values())
+
+    def _processes(self) -> list[tuple[str, int]]:
+        found = [("main", self.main_pid)]
+        # Pool processes are the main process's children; a replacement may be forked by another of its
+        # threads (billiard's supervisor), so every thread's children are read.
+        children: set[int] = set()
+        try:
+            for tid in os.listdir(f"/proc/{self.main_pid}/task"):
+                with open(f"/proc/{self.main_pid}/task/{tid}/children") as listing:
+                    children.update(int(pid) for pid in listing.read().split())
+        except OSError:  # not Linux, or the process is going away
+            pass
+        return found + [("pool", pid) for pid in sorted(children)]
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:
-    """Expose the sum over every process of this worker (multiprocess collector)."""
+    """Expose the sum over every process of this worker (multiprocess collector), plus each process's
+    resource use."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
+    registry.register(WorkerProcessCollector(os.getpid()))
     start_http_server(port, addr=address, registry=registry)
 
 

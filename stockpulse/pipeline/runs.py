@@ -173,16 +173,16 @@ def stage_started(run_id: str, batch_no: int, stage: str, task_id: str | None, a
 
 
 def stage_finished(conn: Connection, run_id: str, batch_no: int, stage: str, *, refresh_run: bool = True,
-                   **values: Any) -> None:
+                   **values: Any) -> str | None:
     """Within the caller's transaction (the load stage commits rows and status together). ``refresh_run``
-    recomputes the run's totals and status; a stage that changes neither can skip it."""
+    recomputes the run's totals and status; a stage that changes neither can skip it. Returns the run's
+    trigger when the run was refreshed."""
     if refresh_run:
         _lock_run(conn, run_id)
     values[f"{stage}_finished_at"] = values["updated_at"] = utcnow()
     conn.execute(update(batches_t).where(batches_t.c.run_id == run_id, batches_t.c.batch_no == batch_no)
                  .values(**values))
-    if refresh_run:
-        _refresh_run(conn, run_id)
+    return _refresh_run(conn, run_id) if refresh_run else None
 
 
 def batch_failed(run_id: str, batch_no: int, stage: str, exc: BaseException) -> None:
@@ -203,10 +203,11 @@ def _lock_run(conn: Connection, run_id: str) -> None:
         conn.execute(select(runs_t.c.id).where(runs_t.c.id == run_id).with_for_update())
 
 
-def _refresh_run(conn: Connection, run_id: str) -> None:
+def _refresh_run(conn: Connection, run_id: str) -> str | None:
+    """Recompute the run's totals and status from its batches; returns the run's trigger."""
     rows = conn.execute(select(batches_t).where(batches_t.c.run_id == run_id)).all()
     if not rows:
-        return
+        return None
     done = [r for r in rows if r.status in ("loaded", "failed")]
     values: dict[str, Any] = {
         "batches_done": len(done),
@@ -245,6 +246,7 @@ def _refresh_run(conn: Connection, run_id: str) -> None:
     if current.started_at is None and values.get("status") in ("running", *FINAL):
         values["started_at"] = utcnow()
     conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(**values))
+    return current.trigger
 
 
 def get_run(run_id: str) -> Any:

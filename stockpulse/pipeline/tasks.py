@@ -189,11 +189,15 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
     pipe = get_settings().pipeline(pipeline)
     data_type = get_data_type(pipe.data_type)
     rows = [data_type.from_row(r) if data_type.from_row else tuple(r) for r in payloads.get(transformed["rows"])]
+    latest = latest_per_symbol(rows, data_type.columns)
     with get_engine().begin() as conn:
         changed = upsert(conn, data_type.table, data_type.columns, data_type.key, rows)
-        raise_watermarks(conn, watermarks_t, pipe.name, latest_per_symbol(rows, data_type.columns))
-        runs.stage_finished(conn, run_id, batch_no, "load", loaded=len(rows), status="loaded")
+        raise_watermarks(conn, watermarks_t, pipe.name, latest)
+        trigger = runs.stage_finished(conn, run_id, batch_no, "load", loaded=len(rows), status="loaded")
     metrics.records(pipeline, "load", loaded=len(rows))
+    if latest and trigger in ("schedule", "manual"):  # backfills and replays load old data on purpose
+        newest = data_type.event_time(max(latest.values()), pipe.interval)
+        metrics.ingestion_latency(pipeline, (datetime.now(UTC) - newest).total_seconds())
     # Only after the commit: a redelivered load finds the batch settled and never needs the payload.
     payloads.delete(transformed["rows"], transformed.get("fetched"))
     log.info("loaded %d rows (%d new or changed)", len(rows), changed,

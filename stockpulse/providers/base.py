@@ -22,6 +22,7 @@ import requests
 from stockpulse import __version__
 from stockpulse.config import ProviderSettings
 from stockpulse.errors import TRANSIENT_HTTP_STATUSES, PermanentError, TransientError, parse_retry_after
+from stockpulse.observability import metrics
 
 NEW_YORK = ZoneInfo("America/New_York")
 log = logging.getLogger("stockpulse.providers")
@@ -157,6 +158,15 @@ class ProviderClient:
 
     def _get(self, path: str, *, params: dict | None, headers: dict | None) -> requests.Response:
         self.requests_made += 1
+        began, status = time.monotonic(), "error"
+        try:
+            response = self._get_capped(path, params=params, headers=headers)
+            status = response.status_code
+            return response
+        finally:
+            metrics.provider_request(self.spec.name, status, time.monotonic() - began)
+
+    def _get_capped(self, path: str, *, params: dict | None, headers: dict | None) -> requests.Response:
         try:
             response = self.session.get(
                 self.url(path), params=params, headers=headers, stream=True,

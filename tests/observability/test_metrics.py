@@ -25,7 +25,7 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     return samples
 
 
-def total(samples: dict, name: str, **labels: str) -> float:
+def total(samples: dict, name: str, /, **labels: str) -> float:
     return sum(v for (n, lbls), v in samples.items()
                if n == name and all(dict(lbls).get(k) == v2 for k, v2 in labels.items()))
 
