@@ -116,6 +116,7 @@ def _serve_metrics(**_: Any) -> None:
     directory = Path(settings.var_dir) / settings.metrics.get("multiproc_dir", "metrics") / f"worker-{os.getpid()}"
     metrics.enable_multiprocess(directory, fresh=True)
     metrics.serve(port, settings.metrics.get("address", "0.0.0.0"))
+    metrics.initialise()  # zero series, written once by the main process (its file is summed too)
 
 
 @signals.worker_process_shutdown.connect

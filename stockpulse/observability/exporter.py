@@ -103,6 +103,13 @@ class CeleryEventExporter:
             self.counters[kind].labels(**labels, exception=_exception_name(event.get("exception", ""))).inc()
         else:
             self.counters[kind].labels(**labels).inc()
+        if kind != "task-sent":
+            # As celery-exporter does: the worker-side counters of this task exist (at 0) from its first
+            # event, so rate() and alerts on them work before the first failure.
+            for other, counter in self.counters.items():
+                if other not in (kind, "task-sent"):
+                    (counter.labels(**labels, exception="") if other == "task-failed"
+                     else counter.labels(**labels)).inc(0)
         if kind == "task-succeeded" and event.get("runtime") is not None:
             self.runtime.labels(**labels).observe(float(event["runtime"]))
 

@@ -95,6 +95,24 @@ def safely(func: Any) -> Any:
 
 
 @safely
+def initialise() -> None:
+    """Create the series of every configured pipeline and provider at zero, so rate() and increase() work
+    from the first event and dashboards show 0 rather than "no data"."""
+    from stockpulse.config import get_settings
+
+    settings, m = get_settings(), metrics()
+    for name, pipe in settings.pipelines.items():
+        if not pipe.enabled:
+            continue
+        labels = labels_for(name)
+        for stage, outcome in (("transform", "fetched"), ("transform", "valid"), ("transform", "rejected"),
+                               ("load", "loaded")):
+            m.records.labels(**labels, stage=stage, outcome=outcome).inc(0)
+        for kind in ("quota", "breaker"):
+            m.waits.labels(provider=pipe.provider, kind=kind).inc(0)
+
+
+@safely
 def stage_done(pipeline: str, stage: str, outcome: str, seconds: float) -> None:
     metrics().stage_seconds.labels(**labels_for(pipeline), stage=stage, outcome=outcome).observe(seconds)
 
