@@ -358,6 +358,22 @@ def status(as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("group")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+def worker(group: str, loglevel: str) -> None:
+    """Start the worker GROUP defined in workers/workers.yaml (its queues, pool and concurrency)."""
+    import os
+
+    from stockpulse.workers import load_worker_groups
+
+    groups = load_worker_groups()
+    if group not in groups:
+        raise ConfigError(f"unknown worker group {group!r} (workers/workers.yaml defines: {', '.join(groups)})")
+    argv = [sys.executable, "-m", *groups[group].command(), "-l", loglevel]
+    os.execv(argv[0], argv)
+
+
+@main.command()
 @click.option("--port", type=click.IntRange(1, 65535), help="Default: exporter.port (9808).")
 @click.option("--address", help="Default: exporter.address.")
 def exporter(port: int | None, address: str | None) -> None:

@@ -34,6 +34,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def port_or_free(port: int) -> int:
+    """``port`` when nothing on loopback holds it, else any free port (a second stack on one machine)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return free_port()
+
+
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
@@ -63,11 +73,12 @@ class PrivateRedis:
 
     directory: Path
     port: int = 0
+    db: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://127.0.0.1:{self.port}/{self.db}"
 
     def start(self, *, persist: bool = True, timeout: float = 15.0) -> PrivateRedis:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -132,6 +143,7 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
     import yaml  # noqa: F401  (fail early if the install is broken)
 
     from stockpulse.db.migrate import upgrade
+    from stockpulse.observability.flower import flower_command
     from stockpulse.sim.server import serve_in_thread, state_from_settings
     from stockpulse.workers import load_worker_groups
 
@@ -153,7 +165,16 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
         if redis_answers(settings.redis_url):
             lines.append(f"redis       {redact_url(settings.redis_url)} (already running)")
         else:
-            private_redis = PrivateRedis(var_dir / "redis").start()
+            # On the configured loopback port when it is free, so every other `stockpulse` command (status,
+            # dlq, runs...) run with the same configuration reaches this Redis too.
+            from urllib.parse import urlparse
+
+            configured = urlparse(settings.redis_url)
+            port = 0
+            if configured.hostname in ("127.0.0.1", "localhost") and configured.port:
+                port = port_or_free(configured.port)
+            db = int((configured.path or "/0").lstrip("/") or 0)
+            private_redis = PrivateRedis(var_dir / "redis", port=port, db=db).start()
             env["STOCKPULSE_REDIS_URL"] = private_redis.url
             lines.append(f"redis       {private_redis.url} (private redis-server, files in {private_redis.directory})")
 
@@ -175,21 +196,32 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
 
         queues = sorted({q for g in load_worker_groups().values() for q in g.queues} | set(QUEUES))
         celery = [sys.executable, "-m", "celery", "-A", "stockpulse"]
+        stockpulse_cli = [sys.executable, "-m", "stockpulse.cli"]
         logs = var_dir / "logs"
         logs.mkdir(exist_ok=True)
+        metrics_port = port_or_free(int(settings.metrics.get("port") or 9810))
+        exporter_port = port_or_free(int(settings.exporter["port"]))
+        flower_argv, flower_env = flower_command(settings, address="127.0.0.1", port=flower_port)
+        worker_env = {**env, "STOCKPULSE_METRICS__PORT": str(metrics_port), "STOCKPULSE_METRICS__ADDRESS": "127.0.0.1"}
         specs = [
             ("worker", celery + ["worker", "-Q", ",".join(queues), "-c", "2", "-n", "standalone@%h", "-E",
-                                 "-l", "INFO"]),
-            ("beat", celery + ["beat", "-S", "redbeat.RedBeatScheduler", "-l", "INFO"]),
-            ("flower", celery + ["flower", "--address=127.0.0.1", f"--port={flower_port}", "--max_tasks=10000"]),
+                                 "-l", "INFO"], worker_env),
+            ("beat", celery + ["beat", "-S", "redbeat.RedBeatScheduler", "-l", "INFO"], env),
+            ("flower", flower_argv, {**env, **{k: v for k, v in flower_env.items() if k.startswith("FLOWER_")}}),
+            ("exporter", stockpulse_cli + ["exporter", "--address", "127.0.0.1", "--port", str(exporter_port)], env),
         ]
-        for name, cmd in specs:
+        for name, cmd, child_env in specs:
             log_file = open(logs / f"{name}.log", "ab")
-            children.append((name, subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+            children.append((name, subprocess.Popen(cmd, env=child_env, stdout=log_file, stderr=subprocess.STDOUT,
                                                     start_new_session=True)))
-        lines.append(f"worker      queues {','.join(queues)}, log {logs / 'worker.log'}")
+        lines.append(f"worker      queues {','.join(queues)}, metrics http://127.0.0.1:{metrics_port}/metrics, "
+                     f"log {logs / 'worker.log'}")
         lines.append(f"beat        RedBeat, schedules from beat_schedule.yaml, log {logs / 'beat.log'}")
-        lines.append(f"flower      http://127.0.0.1:{flower_port} (loopback only), log {logs / 'flower.log'}")
+        auth = "basic auth from flower.basic_auth" if settings.flower.get("basic_auth") else "no auth: loopback only"
+        lines.append(f"flower      http://127.0.0.1:{flower_port} ({auth}), log {logs / 'flower.log'}")
+        lines.append(f"exporter    http://127.0.0.1:{exporter_port}/metrics (Celery events, health gauges), "
+                     f"log {logs / 'exporter.log'}")
+        lines.append("status      `stockpulse status` for the quick look")
 
         from stockpulse.pipeline.runs import start_run
 

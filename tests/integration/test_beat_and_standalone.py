@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import requests
 import yaml
 from sqlalchemy import select
 
@@ -68,6 +69,7 @@ def test_standalone_from_nothing_loads_bars_and_stops_cleanly(tmp_path: Path) ->
         "STOCKPULSE_VAR_DIR": str(tmp_path / "var"),
         "STOCKPULSE_DATABASE_URL": f"sqlite:///{tmp_path / 'var' / 'stockpulse.db'}",
         "STOCKPULSE_REDIS_URL": f"redis://127.0.0.1:{_free_port()}/0",  # nothing listens there
+        "STOCKPULSE_EXPORTER__PORT": str(exporter_port := _free_port()),
     })
     flower_port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "stockpulse.cli", "standalone", "--flower-port", str(flower_port)],
@@ -86,7 +88,14 @@ def test_standalone_from_nothing_loads_bars_and_stops_cleanly(tmp_path: Path) ->
         names = {" ".join(c.cmdline()) for c in children if c.is_running()}
         assert any("redis-server" in n for n in names)
         assert any(" worker " in n for n in names) and any(" beat " in n for n in names)
-        assert any(" flower " in n for n in names)
+        assert any(" flower " in n for n in names) and any(" exporter " in n for n in names)
+        status = subprocess.run([sys.executable, "-m", "stockpulse.cli", "status"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "daily_bars" in status.stdout and "succeeded" in status.stdout
+        metrics = requests.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=10).text
+        assert 'stockpulse_pipeline_last_run_status{data_type="bars",pipeline="daily_bars",provider="alpaca",' \
+               'status="succeeded"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0]
