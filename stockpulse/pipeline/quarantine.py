@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from stockpulse.datatypes.base import Rejected
 from stockpulse.db.models import quarantine as quarantine_t
 from stockpulse.errors import utcnow
+
+log = logging.getLogger("stockpulse.quarantine")
 
 
 def _as_text(record: Any) -> str:
@@ -34,6 +37,13 @@ def quarantine_records(conn: Connection, rejected: Sequence[Rejected], *, pipeli
     insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     stmt = insert(quarantine_t).on_conflict_do_nothing(index_elements=["run_id", "batch_no", "record_no"])
     conn.execute(stmt, rows)
+    reasons: dict[str, int] = {}
+    for item in rejected:
+        reasons[item.reason] = reasons.get(item.reason, 0) + 1
+    top = "; ".join(f"{n}x {reason[:200]}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    log.warning("quarantined %d records: %s", len(rows), top,
+                extra={"run_id": run_id, "batch_no": batch_no, "pipeline": pipeline, "data_type": data_type,
+                       "provider": provider, "records_rejected": len(rows)})
     return len(rows)
 
 

@@ -58,11 +58,17 @@ class StageTask(Task):
                 # Redelivered after the batch was settled (the worker died between commit and ack).
                 log.info("stage skipped: batch already %s", batch.status, extra=context)
                 return {"skipped": batch.status}
+            pipe = get_settings().pipelines.get(pipeline)
+            log.info("%s started", self.stage,
+                     extra={**context, "provider": pipe.provider if pipe else None,
+                            "data_type": pipe.data_type if pipe else None, "symbols": len(batch.symbols or ())})
             token = _current_batch.set(batch)
+            began_token = _stage_began.set(began)
             try:
                 result = super().__call__(*args, **kwargs)
             finally:
                 _current_batch.reset(token)
+                _stage_began.reset(began_token)
             metrics.stage_done(pipeline, self.stage, "success", time.monotonic() - began)
             return result
         except Retry:
@@ -129,6 +135,14 @@ def _policy(stage: str) -> dict[str, Any]:
 
 # The batch row StageTask read when the stage started, so the stage body need not read it again.
 _current_batch: ContextVar[Any] = ContextVar("stockpulse_current_batch", default=None)
+_stage_began: ContextVar[float] = ContextVar("stockpulse_stage_began", default=0.0)
+
+
+def _finished(pipe: Any, **fields: Any) -> dict[str, Any]:
+    """The fields of a stage's end event: its counts, the pipeline's provider and data type, duration_ms."""
+    began = _stage_began.get()
+    return {"provider": pipe.provider, "data_type": pipe.data_type,
+            "duration_ms": round((time.monotonic() - began) * 1000) if began else None, **fields}
 
 
 def _context(run_id: str, batch_no: int, pipeline: str) -> tuple[Any, Any, Query]:
@@ -155,7 +169,7 @@ def fetch(self: StageTask, *, run_id: str, batch_no: int, pipeline: str) -> dict
     client = fetcher.client
     log.info("fetched %d pages (%d bytes) in %d requests, %d resumed from a checkpoint", len(pages),
              handle["bytes"], client.requests_made if client else 0, client.requests_resumed if client else 0,
-             extra={"run_id": run_id, "batch_no": batch_no, "stage": "fetch", "provider": pipe.provider})
+             extra=_finished(pipe, pages=len(pages), bytes=handle["bytes"]))
     return handle
 
 
@@ -179,7 +193,9 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
     metrics.records(pipeline, "transform", fetched=len(records), valid=len(result.valid),
                     rejected=len(result.rejected))
     log.info("validated %d records: %d valid, %d quarantined", len(records), len(result.valid),
-             len(result.rejected), extra={"run_id": run_id, "batch_no": batch_no, "stage": "transform"})
+             len(result.rejected), extra=_finished(pipe, records_fetched=len(records),
+                                                   records_valid=len(result.valid),
+                                                   records_rejected=len(result.rejected)))
     return {"rows": handle, "fetched": fetched}
 
 
@@ -201,7 +217,7 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
     # Only after the commit: a redelivered load finds the batch settled and never needs the payload.
     payloads.delete(transformed["rows"], transformed.get("fetched"))
     log.info("loaded %d rows (%d new or changed)", len(rows), changed,
-             extra={"run_id": run_id, "batch_no": batch_no, "stage": "load"})
+             extra=_finished(pipe, records_loaded=len(rows), records_changed=changed))
     return {"loaded": len(rows), "changed": changed}
 
 

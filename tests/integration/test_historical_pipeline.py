@@ -200,6 +200,16 @@ def test_worker_logs_are_json_lines_carrying_run_and_task_ids(clean_stack: Stack
     assert all(r["task_id"] and r["task_name"].startswith("stockpulse.pipeline.") for r in mine)
     assert all({"timestamp", "level", "logger", "message"} <= set(r) for r in mine)
     assert any(r["message"].startswith("loaded 65 rows") for r in mine)
+    # One start and one end event per stage, the end carrying its counts, provider, data type and duration.
+    for stage, counts in (("fetch", "pages"), ("transform", "records_valid"), ("load", "records_loaded")):
+        started = [r for r in mine if r["message"] == f"{stage} started"]
+        ended = [r for r in mine if r.get("stage") == stage and "duration_ms" in r]
+        assert len(started) == len(ended) == 1, (stage, started, ended)
+        assert started[0]["provider"] == ended[0]["provider"] == "alpaca" and ended[0]["data_type"] == "bars"
+        assert ended[0][counts] > 0 and ended[0]["duration_ms"] >= 0
+    assert next(r for r in mine if r.get("stage") == "load" and "duration_ms" in r)["records_loaded"] == 65
+    log = clean_stack.worker.log()
+    assert "test-key" not in log and "test-secret" not in log  # the configured Alpaca key and secret
 
 
 def test_inspect_registered_lists_the_pipeline_tasks(clean_stack: Stack) -> None:
