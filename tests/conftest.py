@@ -68,6 +68,9 @@ def test_config(sim_url: str) -> dict[str, Any]:
             "polygon": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
             "alphavantage": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
             "coinbase": {"base_url": sim_url, "timeout_s": 5, **unlimited},
+            "finnhub": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
+            "rss": {"base_url": sim_url, "timeout_s": 5, **unlimited,
+                    "options": {"feeds": ["/rss/2.0/headline?s={symbol}&region=US&lang=en-US"]}},
         },
         "symbols": {"test_equities": ["AAPL", "MSFT", "IBM"], "test_crypto": ["BTC-USD", "ETH-USD"],
                     "bulk": ["AAPL", "MSFT", "IBM", "AMZN", "NVDA", "GOOGL", "META", "TSLA"]},
@@ -79,6 +82,12 @@ def test_config(sim_url: str) -> dict[str, Any]:
             "alphavantage_daily_bars": {"data_type": "bars", "provider": "alphavantage",
                                         "symbols": "test_equities"},
             "bulk_bars": {"data_type": "bars", "provider": "alpaca", "symbols": "bulk", "batch_size": 4},
+            "finnhub_news": {"data_type": "news", "provider": "finnhub", "symbols": "test_equities",
+                             "batch_size": 2},
+            "polygon_news": {"data_type": "news", "provider": "polygon", "symbols": "test_equities"},
+            "alphavantage_news": {"data_type": "news", "provider": "alphavantage", "symbols": "test_equities"},
+            "rss_news": {"data_type": "news", "provider": "rss", "symbols": "test_equities",
+                         "options": {"lookback_days": 7, "overlap_days": 1}},
         },
     }
 

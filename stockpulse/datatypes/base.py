@@ -59,6 +59,15 @@ class DataType:
     from_row: Callable[[list[Any]], tuple[Any, ...]] | None = None
     # When the provider could first have published a record stamped ``ts`` (for ingestion latency).
     event_time: Callable[[datetime, str], datetime] = lambda ts, interval: ts
+    # Two records with the same key in one payload: merged into the first when set, else the second is
+    # rejected as a duplicate.
+    merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    # A loader of its own (several tables); the default is the bulk upsert of ``table`` on ``key``.
+    load: Callable[..., int] | None = None
+    # The newest point per symbol among loaded rows (watermarks); the default reads ``symbol`` and ``ts``.
+    watermark_points: Callable[[list[tuple[Any, ...]]], dict[str, datetime]] | None = None
+    # Whether every requested symbol should yield records (bars) or may have none (news).
+    every_symbol_has_data: bool = True
 
     def validate_one(self, record: Any) -> tuple[dict[str, Any] | None, str | None]:
         """(canonical record, None) or (None, reason)."""
@@ -89,10 +98,13 @@ class DataType:
                     continue
             key = key_of(canonical)
             if key in seen:
+                if self.merge is not None:
+                    valid[seen[key]] = self.merge(valid[seen[key]], canonical)
+                    continue
                 out.rejected.append(Rejected(record_no, record, "duplicate of an earlier record with the same "
                                              f"key ({', '.join(self.key)}) in the same payload"))
                 continue
-            seen[key] = record_no
+            seen[key] = len(valid)
             valid.append(canonical)
         return out
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -150,4 +151,44 @@ quarantine = Table(
     # A transform that runs twice quarantines the same record once.
     UniqueConstraint("run_id", "batch_no", "record_no"),
     Index("ix_quarantine_pipeline_created", "pipeline", "created_at"),
+)
+
+# News: one article per canonical URL (scheme and host lower-cased, tracking parameters removed, see
+# stockpulse/datatypes/news.py), whichever providers reported it; each provider's sighting in
+# news_article_sources, the symbols it concerns (with provider sentiment where given) in news_symbols.
+news_articles = Table(
+    "news_articles", metadata,
+    Column("id", String(32), primary_key=True),  # first 32 hex digits of sha256(canonical_url)
+    Column("canonical_url", Text, nullable=False),
+    Column("url", Text, nullable=False),  # as the first provider gave it
+    Column("title", Text, nullable=False),
+    Column("summary", Text),
+    Column("publisher", String(200)),
+    Column("author", String(200)),
+    Column("published_at", UTCDateTime(), nullable=False),
+    Column("language", String(16)),
+    Column("first_provider", String(32), nullable=False),
+    Column("ingested_at", UTCDateTime(), nullable=False),
+    Index("ix_news_articles_published_at", "published_at"),
+)
+
+news_article_sources = Table(
+    "news_article_sources", metadata,
+    Column("article_id", String(32), ForeignKey("news_articles.id", ondelete="CASCADE"), primary_key=True),
+    Column("provider", String(32), primary_key=True),
+    Column("provider_id", String(200)),  # the provider's own id for the item, when it has one
+    Column("url", Text, nullable=False),  # the URL as this provider gave it
+    Column("pipeline", String(64), nullable=False),
+    Column("first_seen_at", UTCDateTime(), nullable=False),
+)
+
+news_symbols = Table(
+    "news_symbols", metadata,
+    Column("article_id", String(32), ForeignKey("news_articles.id", ondelete="CASCADE"), primary_key=True),
+    Column("symbol", String(24), primary_key=True),
+    Column("sentiment_score", Float),
+    Column("sentiment_label", String(32)),
+    Column("relevance_score", Float),
+    Column("sentiment_provider", String(32)),
+    Index("ix_news_symbols_symbol", "symbol"),
 )

@@ -182,7 +182,8 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
     data_type = get_data_type(pipe.data_type)
     records = list(fetcher.transform(payloads.get(fetched), query))
     result = data_type.validate(records)
-    result.rejected.extend(missing_symbols(query, records, first_record_no=len(records)))
+    if data_type.every_symbol_has_data:
+        result.rejected.extend(missing_symbols(query, records, first_record_no=len(records)))
     rows = data_type.rows(result.valid)
     handle = payloads.put(rows, run_id=run_id, label=f"b{batch_no}-rows")
     with get_engine().begin() as conn:
@@ -205,9 +206,13 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
     pipe = get_settings().pipeline(pipeline)
     data_type = get_data_type(pipe.data_type)
     rows = [data_type.from_row(r) if data_type.from_row else tuple(r) for r in payloads.get(transformed["rows"])]
-    latest = latest_per_symbol(rows, data_type.columns)
+    latest = (data_type.watermark_points(rows) if data_type.watermark_points
+              else latest_per_symbol(rows, data_type.columns))
     with get_engine().begin() as conn:
-        changed = upsert(conn, data_type.table, data_type.columns, data_type.key, rows)
+        if data_type.load is not None:
+            changed = data_type.load(conn, rows, pipeline=pipe.name)
+        else:
+            changed = upsert(conn, data_type.table, data_type.columns, data_type.key, rows)
         raise_watermarks(conn, watermarks_t, pipe.name, latest)
         trigger = runs.stage_finished(conn, run_id, batch_no, "load", loaded=len(rows), status="loaded")
     metrics.records(pipeline, "load", loaded=len(rows))

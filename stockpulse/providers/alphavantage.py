@@ -15,7 +15,7 @@ from typing import Any
 import requests
 
 from stockpulse.errors import PermanentError, TransientError
-from stockpulse.providers.base import MISSING, Fetcher, ProviderSpec, Query, bar_record, number
+from stockpulse.providers.base import MISSING, NEW_YORK, Fetcher, ProviderSpec, Query, bar_record, log, number
 
 SERIES_KEY = "Time Series (Daily)"
 
@@ -94,12 +94,81 @@ class AlphaVantageDailyBarsFetcher(Fetcher):
                                  number(row.get("5. volume", MISSING)), "alphavantage")
 
 
+NEWS_TIME = "%Y%m%dT%H%M%S"
+
+
+def news_time_iso(value: Any) -> Any:
+    """``20240605T110517`` (US/Eastern, no zone on the wire) -> ISO 8601 with the Eastern offset."""
+    if not isinstance(value, str):
+        return value
+    for fmt in (NEWS_TIME, "%Y%m%dT%H%M"):
+        try:
+            return datetime.strptime(value, fmt).replace(tzinfo=NEW_YORK).isoformat()
+        except ValueError:
+            continue
+    return value
+
+
+class AlphaVantageNewsFetcher(Fetcher):
+    """``function=NEWS_SENTIMENT&tickers=T&time_from=YYYYMMDDTHHMM&time_to=…&sort=EARLIEST&limit=1000``.
+    ``tickers`` with several symbols means articles mentioning *all* of them, so each symbol is asked
+    alone. There is no pagination: a full page (``limit`` items) is logged as possibly truncated."""
+
+    data_type = "news"
+
+    def extract(self, query: Query) -> list[Any]:
+        assert self.client is not None
+        limit = int(self.settings.options.get("news_limit", 1000))
+        pages = []
+        for symbol in query.symbols:
+            body = self.client.get_json("/query", params={
+                "function": "NEWS_SENTIMENT", "tickers": symbol,
+                "time_from": f"{query.start:%Y%m%d}T0000", "time_to": f"{query.end:%Y%m%d}T2359",
+                "sort": "EARLIEST", "limit": limit, "apikey": self.settings.api_key})
+            if not isinstance(body, dict) or not isinstance(body.get("feed"), list):
+                keys = ", ".join(list(body)[:5]) if isinstance(body, dict) else type(body).__name__
+                raise PermanentError(f"alphavantage: no 'feed' in the NEWS_SENTIMENT response for {symbol} "
+                                     f"(got: {keys})", provider="alphavantage")
+            if len(body["feed"]) >= limit:
+                log.warning("alphavantage: %d news items for %s between %s and %s, the most one call returns; "
+                            "older items may be missing (run shorter windows)", limit, symbol, query.start,
+                            query.end, extra={"provider": "alphavantage"})
+            pages.append({"symbol": symbol, "body": body})
+        return pages
+
+    def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
+        for page in pages:
+            for item in page["body"]["feed"]:
+                if not isinstance(item, dict):
+                    yield {"provider": "alphavantage", "_raw": item}
+                    continue
+                symbols = [{"symbol": t.get("ticker"), "sentiment_score": number(t.get("ticker_sentiment_score")),
+                            "sentiment_label": t.get("ticker_sentiment_label"),
+                            "relevance_score": number(t.get("relevance_score"))}
+                           for t in item.get("ticker_sentiment") or () if isinstance(t, dict)]
+                if not any(s["symbol"] == page["symbol"] for s in symbols):
+                    symbols.append({"symbol": page["symbol"]})
+                authors = [a for a in item.get("authors") or () if isinstance(a, str)]
+                yield {
+                    "provider": "alphavantage",
+                    "provider_id": None,  # AV items have no id of their own
+                    "url": item.get("url") or None,
+                    "title": item.get("title") or None,
+                    "summary": item.get("summary") or None,
+                    "publisher": item.get("source") or None,
+                    "author": ", ".join(authors) or None,
+                    "published_at": news_time_iso(item.get("time_published")),
+                    "language": None,
+                    "symbols": symbols,
+                }
+
+
 PROVIDER = ProviderSpec(
     name="alphavantage",
     default_base_url="https://www.alphavantage.co",
-    fetchers={"bars": AlphaVantageDailyBarsFetcher},
+    fetchers={"bars": AlphaVantageDailyBarsFetcher, "news": AlphaVantageNewsFetcher},
     required_secrets=("api_key",),
     default_rate_limit="25/day",  # free key: 25 requests per day, about 1 per second burst
     check_response=check_response,
-    description="Alpha Vantage TIME_SERIES_DAILY (compact on free keys)",
+    description="Alpha Vantage TIME_SERIES_DAILY (compact on free keys) and NEWS_SENTIMENT",
 )

@@ -112,10 +112,18 @@ class ProviderClient:
         circuit breaker. A transient failure is retried here a few times after a short pause (as the
         providers' own clients do), so one flaky request does not restart a many-page fetch; longer waits
         are left to the stage, which re-queues instead of sleeping."""
+        return self._fetch(path, params, headers, self._json_body)
+
+    def get_text(self, path: str, *, params: dict | None = None, headers: dict | None = None) -> str:
+        """Like ``get_json`` for a text body (RSS/Atom XML): quota, breaker, retries and checkpoints alike."""
+        return self._fetch(path, params, headers, self._text_body)
+
+    def _fetch(self, path: str, params: dict | None, headers: dict | None,
+               parse: Callable[[requests.Response], Any]) -> Any:
         from stockpulse.reliability import breaker, quotas
 
         if self.checkpoint is None:
-            return self._get_json_retrying(path, params, headers, breaker, quotas)
+            return self._get_retrying(path, params, headers, parse, breaker, quotas)
         if self._unsaved is not None:
             self.checkpoint.put(*self._unsaved)
             self._unsaved = None
@@ -124,17 +132,18 @@ class ProviderClient:
         if saved is not None:
             self.requests_resumed += 1
             return saved
-        body = self._get_json_retrying(path, params, headers, breaker, quotas)
+        body = self._get_retrying(path, params, headers, parse, breaker, quotas)
         self._unsaved = (key, body)
         return body
 
-    def _get_json_retrying(self, path: str, params: dict | None, headers: dict | None, breaker: Any,
-                           quotas: Any) -> Any:
+    def _get_retrying(self, path: str, params: dict | None, headers: dict | None,
+                      parse: Callable[[requests.Response], Any], breaker: Any, quotas: Any) -> Any:
         retries = self.settings.request_retries
         for attempt in range(retries + 1):
             quotas.acquire(self.spec.name)
             try:
-                return breaker.call(self.spec.name, lambda: self._get_json(path, params=params, headers=headers))
+                return breaker.call(self.spec.name,
+                                    lambda: parse(self._get(path, params=params, headers=headers)))
             except (quotas.QuotaWait, breaker.BreakerOpen):
                 raise
             except TransientError as exc:
@@ -147,14 +156,26 @@ class ProviderClient:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _get_json(self, path: str, *, params: dict | None, headers: dict | None) -> Any:
-        response = self._get(path, params=params, headers=headers)
+    def _json_body(self, response: requests.Response) -> Any:
         body = self._parse_json(response)
         if self.spec.check_response:
             self.spec.check_response(response, body)
         if response.status_code >= 400:
             self.raise_for_status(response, body)
         return body
+
+    def _text_body(self, response: requests.Response) -> str:
+        if self.spec.check_response:
+            self.spec.check_response(response, None)
+        if response.status_code >= 400:
+            self.raise_for_status(response, None)
+        if not response.content.strip():
+            raise TransientError(f"{self.spec.name}: empty body (HTTP {response.status_code})",
+                                 provider=self.spec.name)
+        if response.encoding is None or "charset" not in response.headers.get("Content-Type", ""):
+            return response.content.decode("utf-8", errors="replace") if not response.content.startswith(
+                b"<?xml") else response.content.decode(_xml_encoding(response.content), errors="replace")
+        return response.text
 
     def _get(self, path: str, *, params: dict | None, headers: dict | None) -> requests.Response:
         self.requests_made += 1
@@ -223,6 +244,20 @@ class ProviderClient:
             raise TransientError(text, retry_after=parse_retry_after(response.headers.get("Retry-After")),
                                  provider=self.spec.name)
         raise PermanentError(text, provider=self.spec.name)
+
+
+def _xml_encoding(content: bytes) -> str:
+    """The encoding an XML declaration names (SEC's Atom feeds declare ISO-8859-1), else UTF-8."""
+    import codecs
+    import re as _re
+
+    match = _re.match(rb'<\?xml[^>]*encoding=["\']([A-Za-z0-9._-]+)["\']', content)
+    if match:
+        try:
+            return codecs.lookup(match.group(1).decode()).name
+        except LookupError:
+            pass
+    return "utf-8"
 
 
 def _error_message(body: Any) -> str | None:

@@ -75,12 +75,66 @@ class PolygonBarsFetcher(Fetcher):
                                          "polygon")
 
 
+class PolygonNewsFetcher(Fetcher):
+    """``GET /v2/reference/news?ticker=T&published_utc.gte=…&published_utc.lte=…&order=asc&limit=1000``;
+    ``next_url`` pages as for aggregates. ``insights`` (newer items) carry per-ticker sentiment."""
+
+    data_type = "news"
+
+    def extract(self, query: Query) -> list[Any]:
+        assert self.client is not None
+        headers = {"Authorization": f"Bearer {self.settings.api_key}"}
+        pages = []
+        for symbol in query.symbols:
+            path = "/v2/reference/news"
+            params: dict[str, Any] | None = {
+                "ticker": symbol, "published_utc.gte": f"{query.start.isoformat()}T00:00:00Z",
+                "published_utc.lte": f"{query.end.isoformat()}T23:59:59Z", "order": "asc",
+                "sort": "published_utc", "limit": int(self.settings.options.get("news_page_limit", 1000))}
+            for _ in range(MAX_PAGES):
+                body = self.client.get_json(path, params=params, headers=headers)
+                if not isinstance(body, dict):
+                    raise PermanentError("polygon: unexpected news payload", provider="polygon")
+                pages.append({"symbol": symbol, "body": body})
+                next_url = body.get("next_url")
+                if not next_url:
+                    break
+                parts = urlsplit(next_url)
+                path, params = f"{parts.path}?{parts.query}" if parts.query else parts.path, None
+            else:
+                raise PermanentError(f"polygon: more than {MAX_PAGES} news pages for {symbol}", provider="polygon")
+        return pages
+
+    def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
+        for page in pages:
+            for item in page["body"].get("results") or ():
+                if not isinstance(item, dict):
+                    yield {"provider": "polygon", "_raw": item}
+                    continue
+                insights = {i.get("ticker"): i for i in item.get("insights") or () if isinstance(i, dict)}
+                tickers = [t for t in item.get("tickers") or () if isinstance(t, str)] or [page["symbol"]]
+                publisher = item.get("publisher") if isinstance(item.get("publisher"), dict) else {}
+                yield {
+                    "provider": "polygon",
+                    "provider_id": item.get("id"),
+                    "url": item.get("article_url") or None,
+                    "title": item.get("title") or None,
+                    "summary": item.get("description") or None,
+                    "publisher": publisher.get("name"),
+                    "author": item.get("author") or None,
+                    "published_at": item.get("published_utc"),
+                    "language": None,
+                    "symbols": [{"symbol": t, "sentiment_label": (insights.get(t) or {}).get("sentiment")}
+                                for t in tickers],
+                }
+
+
 PROVIDER = ProviderSpec(
     name="polygon",
     default_base_url="https://api.polygon.io",
-    fetchers={"bars": PolygonBarsFetcher},
+    fetchers={"bars": PolygonBarsFetcher, "news": PolygonNewsFetcher},
     required_secrets=("api_key",),
     default_rate_limit="5/minute",  # free plan
     check_response=check_response,
-    description="Polygon.io / Massive aggregates",
+    description="Polygon.io / Massive aggregates and ticker news",
 )

@@ -9,7 +9,7 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 
 EPOCH = date(2015, 1, 1)
@@ -69,3 +69,67 @@ def daily_bars(seed: int, symbol: str, start: date, end: date, *, today: date) -
         return []
     _, bars = _series(seed, symbol, today - timedelta(days=1))
     return [b for b in bars if start <= b.day <= last]
+
+
+# ------------------------------------------------------------------------------------------------ news
+
+NEWS_PER_DAY = 2
+PUBLISHERS = (("Reuters", "https://www.reuters.com"), ("MarketWatch", "https://www.marketwatch.com"),
+              ("Benzinga", "https://www.benzinga.com"))
+SENTIMENT_LABELS = ((-0.35, "Bearish"), (-0.15, "Somewhat-Bearish"), (0.15, "Neutral"), (0.35, "Somewhat-Bullish"))
+
+
+@dataclass(frozen=True)
+class Story:
+    """One news story about a symbol; every simulated provider renders the same stories in its own format
+    (and URL variant), so the same story reaches the database once."""
+
+    symbol: str
+    day: date
+    number: int
+    published_at: datetime
+    url: str
+    title: str
+    summary: str
+    publisher: str
+    publisher_url: str
+    author: str
+    sentiment: float
+
+    @property
+    def sentiment_label(self) -> str:
+        for bound, label in SENTIMENT_LABELS:
+            if self.sentiment <= bound:
+                return label
+        return "Bullish"
+
+
+def news_stories(seed: int, symbol: str, start: date, end: date, *, today: date) -> list[Story]:
+    """``NEWS_PER_DAY`` stories per calendar day in [start, end] up to ``today``, oldest first."""
+    if is_unknown(symbol):
+        return []
+    out, day = [], max(start, EPOCH)
+    while day <= min(end, today):
+        for number in range(NEWS_PER_DAY):
+            out.append(_story(seed, symbol, day, number))
+        day += timedelta(days=1)
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _story(seed: int, symbol: str, day: date, number: int) -> Story:
+    digest = hashlib.sha256(f"{seed}:{symbol}:{day}:{number}".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    publisher, publisher_url = PUBLISHERS[rng.randrange(len(PUBLISHERS))]
+    minute = (13 * 60 + 5) + number * 7 * 60 + rng.randrange(60)  # 13:05-14:05 and 20:05-21:05 UTC
+    published = datetime(day.year, day.month, day.day, minute // 60, minute % 60, rng.randrange(60), tzinfo=UTC)
+    headline = ("shares rise as analysts lift targets", "slips after guidance & margin warning",
+                "unveils new product line", "to buy back $2B of stock")[rng.randrange(4)]
+    return Story(
+        symbol=symbol, day=day, number=number, published_at=published,
+        url=f"https://news.example.com/{symbol.lower()}/{day:%Y/%m/%d}/story-{number}",
+        title=f"{symbol} {headline} – “{day:%b %d}” update",
+        summary=f"{symbol} was in focus on {day:%A}: <b>{publisher}</b> reports the company’s view & outlook.",
+        publisher=publisher, publisher_url=publisher_url, author=("Jane Doe", "John Roe", "Staff")[number % 3],
+        sentiment=round(rng.uniform(-0.6, 0.6), 6),
+    )

@@ -8,13 +8,16 @@ Faults on demand:
 KIND is one of 429, 500, 502, 503, slow, timeout, drop, malformed, html, empty, huge, soft.
 Bad records on demand: ``POST /_sim/corrupt {"provider": "*", "symbol": "AAPL", "date": "2024-01-05",
 "kind": "negative_volume|high_below_low|nan|missing_field|naive_ts|duplicate"}``.
-``GET /_sim/stats`` counts requests per provider; ``DELETE /_sim/faults`` clears faults and corruptions.
+Feeds on demand: ``POST /_sim/feeds {"path": "/feeds/odd.xml", "body": "<rss>...</rss>"}`` serves that body
+(provider ``rss``) at the path, for feeds with missing fields, odd dates and entities.
+``GET /_sim/stats`` counts requests per provider; ``DELETE /_sim/faults`` clears faults, corruptions, feeds.
 """
 
 from __future__ import annotations
 
 import base64
 import bisect
+import hashlib
 import json
 import logging
 import random
@@ -25,15 +28,17 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from email.utils import format_datetime
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from stockpulse.sim.data import DailyBar, daily_bars, is_unknown
+from stockpulse.sim.data import DailyBar, Story, daily_bars, is_unknown, news_stories
 
 log = logging.getLogger("stockpulse.sim")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -60,6 +65,7 @@ class SimState:
         self.fixed_today = today
         self.queued: dict[str, list[str]] = {}
         self.corruptions: list[dict[str, Any]] = []
+        self.feeds: dict[str, dict[str, Any]] = {}
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
@@ -198,14 +204,7 @@ def _alpaca_ts(day: date) -> str:
 
 
 def polygon_aggs(state: SimState, path: str, query: dict[str, str], headers: Any, host: str) -> Any:
-    auth = headers.get("Authorization", "")
-    key = auth[7:] if auth.startswith("Bearer ") else query.get("apiKey")
-    request_id = uuid.uuid4().hex
-    if not key:
-        raise Reply(401, {"status": "ERROR", "request_id": request_id, "error": "API Key was not provided"})
-    expected = (state.keys.get("polygon") or {}).get("api_key")
-    if expected and key != expected:
-        raise Reply(401, {"status": "ERROR", "request_id": request_id, "error": "Unknown API Key"})
+    request_id = _polygon_auth(state, query, headers)
     match = re.fullmatch(r"/v2/aggs/ticker/([^/]+)/range/(\d+)/(\w+)/([^/]+)/([^/]+)", path)
     if not match:
         raise Reply(404, {"status": "NOT_FOUND", "request_id": request_id, "message": "Not found"})
@@ -265,6 +264,8 @@ def alphavantage_query(state: SimState, path: str, query: dict[str, str], header
     if not query.get("apikey"):
         raise Reply(200, {"Error Message": AV_NO_KEY})
     function = query.get("function")
+    if function == "NEWS_SENTIMENT":
+        return alphavantage_news(state, query)
     if function != "TIME_SERIES_DAILY":
         raise Reply(200, {"Error Message": AV_INVALID.replace("TIME_SERIES_DAILY", str(function))})
     symbol = query.get("symbol", "")
@@ -330,6 +331,155 @@ def coinbase_candles(state: SimState, path: str, query: dict[str, str], headers:
     return rows
 
 
+# ------------------------------------------------------------------------------------------------ news
+
+
+def _stories(state: SimState, symbols: list[str], start: date, end: date) -> list[Story]:
+    found = [st for sym in symbols for st in news_stories(state.seed, sym, start, end, today=state.today)]
+    return sorted(found, key=lambda st: (st.published_at, st.symbol, st.number))
+
+
+def finnhub_company_news(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    token = headers.get("X-Finnhub-Token") or query.get("token")
+    if not token:
+        raise Reply(401, {"error": "Please use an API key."})
+    expected = (state.keys.get("finnhub") or {}).get("api_key")
+    if expected and token != expected:
+        raise Reply(401, {"error": "Invalid API key."})
+    symbol, from_, to = query.get("symbol"), query.get("from"), query.get("to")
+    if not symbol or not from_ or not to:
+        raise Reply(422, {"error": "Missing required parameters: symbol, from, to."})
+    try:
+        start, end = date.fromisoformat(from_), date.fromisoformat(to)
+    except ValueError:
+        raise Reply(422, {"error": "Wrong date format. Use YYYY-MM-DD."}) from None
+    items = []
+    for st in reversed(_stories(state, [symbol], start, end)):  # newest first
+        items.append({"category": "company", "datetime": int(st.published_at.timestamp()), "headline": st.title,
+                      "id": int.from_bytes(st.url.encode()[-6:], "big") % 10**8 + st.number,
+                      "image": "" if st.number else f"https://img.example.com/{st.symbol.lower()}.jpg",
+                      "related": st.symbol,
+                      "source": st.publisher if st.number else st.publisher_url,  # a name or a site URL
+                      "summary": re.sub(r"<[^>]+>", "", st.summary), "url": st.url})
+    return items
+
+
+def polygon_news(state: SimState, path: str, query: dict[str, str], headers: Any, host: str) -> Any:
+    request_id = _polygon_auth(state, query, headers)
+    cursor = query.pop("cursor", None)
+    if cursor:
+        try:
+            query = {k: v[-1] for k, v in parse_qs(base64.urlsafe_b64decode(cursor + "==").decode()).items()}
+        except Exception:
+            raise Reply(400, {"status": "ERROR", "request_id": request_id, "error": "invalid cursor"}) from None
+    limit = min(int(query.get("limit", 10)), 1000)
+    offset = int(query.get("offset", 0))
+    start = _parse_day(query.get("published_utc.gte", "2015-01-01"), "published_utc.gte")
+    end = _parse_day(query.get("published_utc.lte", state.today.isoformat()), "published_utc.lte")
+    stories = _stories(state, [query["ticker"]] if query.get("ticker") else [], start, end)
+    if query.get("order", "desc") == "desc":
+        stories.reverse()
+    page = stories[offset:offset + limit]
+    body: dict[str, Any] = {"results": [{
+        "id": hashlib.sha256(f"polygon:{st.url}".encode()).hexdigest()[:43],
+        "publisher": {"name": st.publisher, "homepage_url": st.publisher_url + "/",
+                      "logo_url": "https://s3.massive.com/public/assets/news/logos/x.svg"},
+        "title": st.title, "author": st.author,
+        "published_utc": st.published_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        # Same story, another spelling of its URL: upper-case host and tracking parameters.
+        "article_url": st.url.replace("news.example.com", "NEWS.Example.com") + "?utm_source=polygon&utm_medium=api",
+        "tickers": [st.symbol], "description": re.sub(r"<[^>]+>", "", st.summary),
+        "insights": [{"ticker": st.symbol, "sentiment": "positive" if st.sentiment > 0.15 else
+                      "negative" if st.sentiment < -0.15 else "neutral", "sentiment_reasoning": "simulated"}],
+    } for st in page], "status": "OK", "request_id": request_id, "count": len(page)}
+    if offset + limit < len(stories):
+        rest = dict(query, offset=str(offset + limit))
+        token = base64.urlsafe_b64encode("&".join(f"{k}={v}" for k, v in rest.items()).encode()).decode().rstrip("=")
+        body["next_url"] = f"http://{host}/v2/reference/news?cursor={token}"
+    return body
+
+
+def _polygon_auth(state: SimState, query: dict[str, str], headers: Any) -> str:
+    auth = headers.get("Authorization", "")
+    key = auth[7:] if auth.startswith("Bearer ") else query.get("apiKey")
+    request_id = uuid.uuid4().hex
+    if not key:
+        raise Reply(401, {"status": "ERROR", "request_id": request_id, "error": "API Key was not provided"})
+    expected = (state.keys.get("polygon") or {}).get("api_key")
+    if expected and key != expected:
+        raise Reply(401, {"status": "ERROR", "request_id": request_id, "error": "Unknown API Key"})
+    return request_id
+
+
+def alphavantage_news(state: SimState, query: dict[str, str]) -> Any:
+    tickers = [t for t in query.get("tickers", "").split(",") if t]
+    time_from = _av_news_time(query.get("time_from")) or datetime(2015, 1, 1, tzinfo=UTC)
+    time_to = _av_news_time(query.get("time_to")) or datetime.now(UTC)
+    limit = min(int(query.get("limit", 50)), 1000)
+    stories = [st for st in _stories(state, tickers[:1], time_from.date(), time_to.date())
+               if time_from <= st.published_at <= time_to and set(tickers) <= {st.symbol}]
+    if query.get("sort", "LATEST") == "LATEST":
+        stories.reverse()
+    feed = [{
+        "title": st.title, "url": st.url + "?utm_campaign=alphavantage",
+        "time_published": st.published_at.astimezone(NEW_YORK).strftime("%Y%m%dT%H%M%S"),
+        "authors": [st.author], "summary": re.sub(r"<[^>]+>", "", st.summary), "banner_image": None,
+        "source": st.publisher, "category_within_source": "n/a",
+        "source_domain": st.publisher_url.split("//", 1)[1],
+        "topics": [{"topic": "Financial Markets", "relevance_score": "0.5"}],
+        "overall_sentiment_score": st.sentiment, "overall_sentiment_label": st.sentiment_label,
+        "ticker_sentiment": [{"ticker": st.symbol, "relevance_score": "0.912345",
+                              "ticker_sentiment_score": f"{st.sentiment:.6f}",
+                              "ticker_sentiment_label": st.sentiment_label}],
+    } for st in stories[:limit]]
+    return {"items": str(len(feed)), "sentiment_score_definition": AV_SENTIMENT_DEFINITION,
+            "relevance_score_definition": "0 < x <= 1, with a higher score indicating higher relevance.",
+            "feed": feed}
+
+
+AV_SENTIMENT_DEFINITION = ("x <= -0.35: Bearish; -0.35 < x <= -0.15: Somewhat-Bearish; -0.15 < x < 0.15: Neutral; "
+                           "0.15 <= x < 0.35: Somewhat_Bullish; x >= 0.35: Bullish")
+
+
+def _av_news_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    for fmt in ("%Y%m%dT%H%M%S", "%Y%m%dT%H%M"):
+        try:
+            return datetime.strptime(value, fmt).replace(tzinfo=NEW_YORK)
+        except ValueError:
+            continue
+    raise Reply(200, {"Error Message": "Invalid API call. Please retry or visit the documentation "
+                                       "(https://www.alphavantage.co/documentation/) for NEWS_SENTIMENT."})
+
+
+def yahoo_headline_rss(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    """Yahoo Finance's headline feed: the latest 20 items for the symbols in ``s``, RSS 2.0."""
+    symbols = [s for s in query.get("s", "").split(",") if s]
+    if not symbols:
+        raise Reply(400, "<html><body>Bad Request: missing s</body></html>", {"Content-Type": "text/html"})
+    stories = _stories(state, symbols, state.today - timedelta(days=14), state.today)[-20:]
+    items = []
+    for i, st in enumerate(reversed(stories)):
+        description = "" if i % 5 == 4 else f"<description>{xml_escape(st.summary)}</description>"  # some lack one
+        items.append(f"<item><title>{xml_escape(st.title)}</title><link>{st.url}?.tsrc=rss</link>{description}"
+                     f"<guid isPermaLink=\"false\">{hashlib.md5(st.url.encode()).hexdigest()}</guid>"
+                     f"<pubDate>{format_datetime(st.published_at, usegmt=False)}</pubDate></item>")
+    label = ",".join(symbols)
+    return RawBody(
+        "application/rss+xml; charset=utf-8",
+        (f'<?xml version="1.0" encoding="utf-8"?>\n<rss version="2.0"><channel><title>Yahoo! Finance: {label} News'
+         f"</title><link>http://finance.yahoo.com/q/h?s={label.lower()}</link><description>Latest Financial News for "
+         f"{label}</description><language>en-US</language>{''.join(items)}</channel></rss>").encode())
+
+
+class RawBody:
+    """A handler's non-JSON answer (feeds)."""
+
+    def __init__(self, content_type: str, body: bytes, status: int = 200):
+        self.content_type, self.body, self.status = content_type, body, status
+
+
 def _parse_dt(value: str | None) -> datetime | None:
     if not value:
         return None
@@ -348,6 +498,9 @@ ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
     ("polygon", re.compile(r"^/v2/aggs/ticker/"), polygon_aggs),
     ("alphavantage", re.compile(r"^/query$"), alphavantage_query),
     ("coinbase", re.compile(r"^/products/[^/]+/candles$"), coinbase_candles),
+    ("finnhub", re.compile(r"^/api/v1/company-news$"), finnhub_company_news),
+    ("polygon", re.compile(r"^/v2/reference/news$"), polygon_news),
+    ("rss", re.compile(r"^/rss/2\.0/headline$"), yahoo_headline_rss),
 ]
 
 RATE_LIMIT_BODIES = {
@@ -357,6 +510,7 @@ RATE_LIMIT_BODIES = {
                          "subscription to continue. https://polygon.io/pricing"},
     "alphavantage": {"Information": AV_BURST},
     "coinbase": {"message": "Public rate limit exceeded"},
+    "finnhub": {"error": "API limit reached. Please try again later. Remaining Limit: 0"},
 }
 
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
@@ -392,21 +546,34 @@ class SimHandler(BaseHTTPRequestHandler):
                 return self._json(200, {"requests": dict(self.state.stats)})
         if parts.path == "/_sim/health":
             return self._json(200, {"status": "ok"})
-        route = next(((p, h) for p, pattern, h in ROUTES if pattern.match(parts.path)), None)
-        if route is None:
+        if parts.path in self.state.feeds:  # feeds a test registered with POST /_sim/feeds
+            provider, handler = "rss", None
+        else:
+            route = next(((p, h) for p, pattern, h in ROUTES if pattern.match(parts.path)), None)
+            provider, handler = route if route else (None, None)
+        if provider is None:
             return self._json(404, {"message": "not found", "path": parts.path})
-        provider, handler = route
         with self.state.lock:
             self.state.stats[provider] += 1
         fault = self.headers.get("X-Sim-Fault") or query.pop("sim_fault", None) or self.state.next_fault(provider)
         if fault and self._fault(provider, fault):
             return
         try:
-            kwargs = {"host": self.headers.get("Host", "127.0.0.1")} if provider == "polygon" else {}
-            body = handler(self.state, parts.path, query, self.headers, **kwargs)
-            self._json(200, body)
+            if handler is None:
+                feed = self.state.feeds[parts.path]
+                body: Any = RawBody(feed["content_type"], feed["body"].encode(feed.get("encoding", "utf-8")))
+            else:
+                kwargs = {"host": self.headers.get("Host", "127.0.0.1")} if provider == "polygon" else {}
+                body = handler(self.state, parts.path, query, self.headers, **kwargs)
+            if isinstance(body, RawBody):
+                self._send(body.status, body.body, body.content_type)
+            else:
+                self._json(200, body)
         except Reply as reply:
-            self._json(reply.status, reply.body, reply.headers)
+            if isinstance(reply.body, str):
+                self._send(reply.status, reply.body.encode(), reply.headers.get("Content-Type", "text/plain"))
+            else:
+                self._json(reply.status, reply.body, reply.headers)
 
     def _fault(self, provider: str, kind: str) -> bool:
         """Serve a fault; False when it only delays the normal answer."""
@@ -463,6 +630,13 @@ class SimHandler(BaseHTTPRequestHandler):
                 self.state.config_faults[str(payload.get("provider"))] = {"rate": float(payload.get("rate", 0)),
                                                                          "kinds": kinds}
                 return self._json(200, {"faults": self.state.config_faults})
+            if path == "/_sim/feeds":
+                if not str(payload.get("path", "")).startswith("/feeds/") or not isinstance(payload.get("body"), str):
+                    return self._json(400, {"message": "expected {\"path\": \"/feeds/...\", \"body\": \"<xml>\"}"})
+                self.state.feeds[payload["path"]] = {
+                    "body": payload["body"], "encoding": payload.get("encoding", "utf-8"),
+                    "content_type": payload.get("content_type", "application/rss+xml")}
+                return self._json(200, {"feeds": sorted(self.state.feeds)})
             if path == "/_sim/corrupt":
                 if payload.get("kind") not in CORRUPTIONS:
                     return self._json(400, {"message": f"unknown corruption; known: {', '.join(CORRUPTIONS)}"})
@@ -475,6 +649,7 @@ class SimHandler(BaseHTTPRequestHandler):
             with self.state.lock:
                 self.state.queued.clear()
                 self.state.corruptions.clear()
+                self.state.feeds.clear()
                 self.state.stats.clear()
                 self.state.config_faults = dict(self.state.initial_faults)
             return self._json(200, {"cleared": True})

@@ -8,7 +8,7 @@ from stockpulse.providers import PROVIDERS, ProviderClient, Query
 
 
 def fetch(provider: str, sim_url: str, symbols: tuple[str, ...], start: date, end: date, *,
-          interval: str = "1d", **settings: Any) -> tuple[list[dict[str, Any]], ProviderClient]:
+          interval: str = "1d", data_type: str = "bars", **settings: Any) -> tuple[list[dict[str, Any]], ProviderClient]:
     """extract + transform through the real HTTP client against the simulator."""
     spec = PROVIDERS[provider]
     defaults: dict[str, Any] = {"api_key": "test-key", "api_secret": "test-secret", "timeout_s": 5,
@@ -16,7 +16,7 @@ def fetch(provider: str, sim_url: str, symbols: tuple[str, ...], start: date, en
     defaults.update(settings)
     conf = ProviderSettings(name=provider, base_url=sim_url, **defaults)
     client = ProviderClient(spec, conf)
-    fetcher = spec.fetchers["bars"](conf, client)
+    fetcher = spec.fetchers[data_type](conf, client)
     query = Query(symbols=symbols, interval=interval, start=start, end=end)
     pages = fetcher.extract(query)
     return list(fetcher.transform(pages, query)), client

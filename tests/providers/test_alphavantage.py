@@ -3,6 +3,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 import pytest
+import requests
 
 from stockpulse.errors import PermanentError, TransientError
 from stockpulse.providers.alphavantage import classify_soft_error
@@ -59,3 +60,25 @@ def test_soft_error_classification(text: str, kind: type) -> None:
 def test_daily_quota_retry_after_points_to_the_next_day() -> None:
     error = classify_soft_error("Our standard API rate limit is 25 requests per day.")
     assert isinstance(error, TransientError) and 0 < error.retry_after <= 86400
+
+
+def test_news_sentiment_per_ticker_with_eastern_times_and_string_scores(sim_url: str, sim) -> None:
+    from stockpulse.datatypes.news import NEWS
+
+    start, end = date(2024, 7, 1), date(2024, 7, 2)
+    records, client = fetch("alphavantage", sim_url, ("AAPL", "MSFT"), start, end, data_type="news")
+    assert client.requests_made == 2  # one ticker per call: several tickers mean "mentions all of them"
+    body = requests.get(f"{sim_url}/query", params={"function": "NEWS_SENTIMENT", "tickers": "AAPL",
+                                                     "time_from": "20240701T0000", "time_to": "20240702T2359",
+                                                     "apikey": "k"}, timeout=5).json()
+    assert isinstance(body["items"], str) and isinstance(body["feed"][0]["ticker_sentiment"][0]["relevance_score"], str)
+    result = NEWS.validate(records)
+    assert result.rejected == [] and len(result.valid) == 8
+    article = next(a for a in result.valid if a["symbols"][0]["symbol"] == "AAPL")
+    link = article["symbols"][0]
+    assert isinstance(link["sentiment_score"], float) and isinstance(link["relevance_score"], float)
+    assert link["sentiment_label"] in {"Bearish", "Somewhat-Bearish", "Neutral", "Somewhat-Bullish", "Bullish"}
+    # time_published is New York time without a zone: 13:xx UTC in July is 09:xx EDT.
+    raw = next(i for i in body["feed"] if i["url"].startswith(article["canonical_url"]))
+    assert raw["time_published"][9:11] == f"{article['published_at'].hour - 4:02d}"
+    assert "utm_campaign" in article["url"] and "utm_campaign" not in article["canonical_url"]

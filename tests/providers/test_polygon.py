@@ -49,3 +49,27 @@ def test_rate_limit_is_transient(sim_url: str, sim) -> None:
 def test_plan_restriction_is_permanent_with_the_message_key(sim_url: str, sim) -> None:
     with pytest.raises(PermanentError, match="You are not entitled to this data"):
         fetch("polygon", sim_url, ("AAPL",), START, END, interval="1m")
+
+
+def test_news_pages_through_next_url_and_matches_the_same_story_elsewhere(sim_url: str, sim) -> None:
+    from stockpulse.datatypes.news import NEWS
+
+    start, end = date(2024, 1, 1), date(2024, 1, 5)
+    records, client = fetch("polygon", sim_url, ("AAPL",), start, end, data_type="news",
+                            options={"news_page_limit": 3})
+    assert len(records) == 10 and client.requests_made == 4  # 3 + 3 + 3 + 1
+    result = NEWS.validate(records)
+    assert result.rejected == []
+    first = result.valid[0]
+    assert first["url"].startswith("https://NEWS.Example.com/") and "utm_source" in first["url"]
+    assert first["canonical_url"].startswith("https://news.example.com/aapl/2024/01/01/")
+    assert first["symbols"][0]["sentiment_label"] in {"positive", "negative", "neutral"}
+    assert first["publisher"] and first["author"]
+    finnhub, _ = fetch("finnhub", sim_url, ("AAPL",), start, end, data_type="news")
+    assert {r["canonical_url"] for r in result.valid} == {r["canonical_url"] for r in NEWS.validate(finnhub).valid}
+
+
+def test_news_next_url_carries_no_api_key(sim_url: str, sim) -> None:
+    body = requests.get(f"{sim_url}/v2/reference/news", params={"ticker": "AAPL", "limit": 2, "apiKey": "k",
+                                                                 "published_utc.gte": "2024-01-01"}, timeout=5).json()
+    assert body["status"] == "OK" and body["count"] == 2 and "apiKey" not in body["next_url"]
