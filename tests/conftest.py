@@ -83,7 +83,7 @@ def test_config(sim_url: str) -> dict[str, Any]:
                                         "symbols": "test_equities"},
             "bulk_bars": {"data_type": "bars", "provider": "alpaca", "symbols": "bulk", "batch_size": 4},
             "finnhub_news": {"data_type": "news", "provider": "finnhub", "symbols": "test_equities",
-                             "batch_size": 2},
+                             "batch_size": 2, "options": {"overlap_days": 1}},
             "polygon_news": {"data_type": "news", "provider": "polygon", "symbols": "test_equities"},
             "alphavantage_news": {"data_type": "news", "provider": "alphavantage", "symbols": "test_equities"},
             "rss_news": {"data_type": "news", "provider": "rss", "symbols": "test_equities",

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
-from sqlalchemy import Connection, func, or_, select
+from sqlalchemy import Connection, case, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from w3lib.url import canonicalize_url
@@ -219,15 +219,17 @@ def load(conn: Connection, rows: list[tuple[Any, ...]], *, pipeline: str) -> int
     conn.execute(_insert(conn, news_article_sources).on_conflict_do_nothing(
         index_elements=["article_id", "provider"]), list(sources.values()))
     stmt = _insert(conn, news_symbols)
-    s = news_symbols.c
+    s, x = news_symbols.c, stmt.excluded
+    # The first provider's sentiment stays (score, label and provider together); a missing relevance is
+    # filled in from whichever provider has one.
+    no_sentiment = s.sentiment_score.is_(None) & s.sentiment_label.is_(None)
+    gains_sentiment = no_sentiment & (x.sentiment_score.isnot(None) | x.sentiment_label.isnot(None))
+    gains_relevance = s.relevance_score.is_(None) & x.relevance_score.isnot(None)
     conn.execute(stmt.on_conflict_do_update(index_elements=["article_id", "symbol"], set_={
-        "sentiment_score": stmt.excluded.sentiment_score, "sentiment_label": stmt.excluded.sentiment_label,
-        "sentiment_provider": stmt.excluded.sentiment_provider,
-        "relevance_score": func.coalesce(s.relevance_score, stmt.excluded.relevance_score)},
-        # Only fill a link that has no sentiment yet: the first provider's sentiment stays.
-        where=s.sentiment_score.is_(None) & s.sentiment_label.is_(None)
-        & (stmt.excluded.sentiment_score.isnot(None) | stmt.excluded.sentiment_label.isnot(None))),
-        list(links.values()))
+        **{name: case((no_sentiment, x[name]), else_=s[name])
+           for name in ("sentiment_score", "sentiment_label", "sentiment_provider")},
+        "relevance_score": func.coalesce(s.relevance_score, x.relevance_score)},
+        where=gains_sentiment | gains_relevance), list(links.values()))
     return len(set(articles) - known)
 
 
