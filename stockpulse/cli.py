@@ -195,14 +195,20 @@ def _summary(run: Any) -> str:
 @click.option("--symbols", callback=_symbols, help="Comma-separated subset, e.g. AAPL,MSFT.")
 @click.option("--start", callback=_date, help="First session (YYYY-MM-DD); default: from the watermark.")
 @click.option("--end", callback=_date, help="Last session (YYYY-MM-DD); default: today.")
+@click.option("--full-refresh", is_flag=True,
+              help="Ignore the watermarks: everything the provider has (e.g. every SEC filing) is upserted again.")
 @click.option("--wait", is_flag=True, help="Wait for the run; exit 1 unless it succeeded.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait with --wait.")
-def run(pipeline: str, symbols: list[str] | None, start: date | None, end: date | None, wait: bool,
-        timeout: float) -> None:
+def run(pipeline: str, symbols: list[str] | None, start: date | None, end: date | None, full_refresh: bool,
+        wait: bool, timeout: float) -> None:
     """Enqueue a fetch -> transform -> load chain for PIPELINE now."""
     from stockpulse.config import get_settings
-    from stockpulse.pipeline.runs import start_run
+    from stockpulse.pipeline.runs import FULL_REFRESH_START, start_run
 
+    if full_refresh:
+        if start is not None:
+            raise click.UsageError("--full-refresh and --start exclude each other")
+        start = FULL_REFRESH_START
     run_id = start_run(pipeline, symbols=symbols, trigger="manual", start=start, end=end)
     click.echo(f"queued run {run_id}")
     if not wait:

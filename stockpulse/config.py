@@ -598,6 +598,12 @@ def require_secrets(settings: Settings) -> None:
                 problems.append(f"providers.{pipe.provider}.{secret}: missing, and enabled pipeline {name!r} "
                                 f"needs it (set it in a config file or {var} / {var}_FILE; "
                                 "`stockpulse standalone` uses the simulator instead)")
+    checked: set[str] = set()
+    for pipe in settings.pipelines.values():
+        spec = PROVIDERS[pipe.provider]
+        if pipe.enabled and spec.validate_settings and pipe.provider not in checked:
+            checked.add(pipe.provider)
+            problems += spec.validate_settings(settings.provider(pipe.provider))
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

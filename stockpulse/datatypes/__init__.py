@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from stockpulse.datatypes.bars import BARS
 from stockpulse.datatypes.base import DataType
+from stockpulse.datatypes.fundamentals import FUNDAMENTALS
 from stockpulse.datatypes.news import NEWS
 
-DATA_TYPES: dict[str, DataType] = {dt.name: dt for dt in (BARS, NEWS)}
+DATA_TYPES: dict[str, DataType] = {dt.name: dt for dt in (BARS, NEWS, FUNDAMENTALS)}
 
 
 def get_data_type(name: str) -> DataType:

@@ -59,6 +59,8 @@ class DataType:
     from_row: Callable[[list[Any]], tuple[Any, ...]] | None = None
     # When the provider could first have published a record stamped ``ts`` (for ingestion latency).
     event_time: Callable[[datetime, str], datetime] = lambda ts, interval: ts
+    # The natural key of a canonical record, when not simply its ``key`` fields (records of several kinds).
+    key_of: Callable[[dict[str, Any]], tuple[Any, ...]] | None = None
     # Two records with the same key in one payload: merged into the first when set, else the second is
     # rejected as a duplicate.
     merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
@@ -87,7 +89,7 @@ class DataType:
         whole batch once one record has a field error), then reject duplicates of the natural key."""
         out = Validated()
         seen: dict[tuple, int] = {}
-        key_of = itemgetter(*self.key)
+        key_of = self.key_of or itemgetter(*self.key)
         fast, valid = self.fast_validate, out.valid
         for record_no, record in enumerate(records):
             canonical = fast(record) if fast is not None else None

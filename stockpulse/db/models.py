@@ -192,3 +192,57 @@ news_symbols = Table(
     Column("sentiment_provider", String(32)),
     Index("ix_news_symbols_symbol", "symbol"),
 )
+
+# Fundamentals. company_profiles: one current row per symbol and source, updated in place.
+company_profiles = Table(
+    "company_profiles", metadata,
+    Column("symbol", String(24), primary_key=True),
+    Column("source", String(32), primary_key=True),
+    Column("name", String(300)),
+    Column("exchange", String(100)),
+    Column("currency", String(8)),
+    Column("country", String(64)),
+    Column("sector", String(200)),
+    Column("industry", String(200)),
+    Column("cik", String(10)),
+    Column("market_cap", Float),  # in currency units (Finnhub reports millions: converted)
+    Column("shares_outstanding", Float),  # in shares (Finnhub reports millions: converted)
+    Column("ipo_date", String(10)),
+    Column("website", Text),
+    Column("description", Text),
+    Column("fiscal_year_end", String(16)),
+    Column("as_of", String(10)),  # the provider's reference date (Alpha Vantage's LatestQuarter), if any
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# financial_facts: long form, one row per (symbol, source, concept, unit, period, filing). An instant fact
+# (a balance) has period_start = period_end. A restated value (same concept and period, later filing) is
+# another row; financial_facts_latest (a view) and facts_as_of() pick the newest filed as of a date.
+# Sources without filings (Finnhub, Alpha Vantage ratios) use accession '' and their as-of date as filed.
+financial_facts = Table(
+    "financial_facts", metadata,
+    Column("symbol", String(24), primary_key=True),
+    Column("source", String(32), primary_key=True),
+    Column("concept", String(200), primary_key=True),  # e.g. us-gaap:Revenues, peTTM, PERatio
+    Column("unit", String(32), primary_key=True),
+    Column("period_start", String(10), primary_key=True),
+    Column("period_end", String(10), primary_key=True),
+    Column("accession", String(32), primary_key=True),
+    Column("fiscal_year", Integer),
+    Column("fiscal_period", String(8)),
+    Column("form", String(16)),
+    Column("filed", String(10), nullable=False),
+    Column("value", Float, nullable=False),
+    Column("frame", String(16)),
+    Column("ingested_at", UTCDateTime(), nullable=False),
+    Index("ix_financial_facts_symbol_concept", "symbol", "concept", "period_end"),
+)
+
+# SEC's ticker -> CIK map (company_tickers.json), refreshed daily by the SEC fetcher.
+sec_tickers = Table(
+    "sec_tickers", metadata,
+    Column("ticker", String(24), primary_key=True),
+    Column("cik", Integer, nullable=False),
+    Column("title", String(300)),
+    Column("refreshed_at", UTCDateTime(), nullable=False),
+)

@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from stockpulse.db.models import UTCDateTime
 from stockpulse.errors import utcnow
 
-PG_TYPES = {String: "text", Text: "text", Float: "float8", Integer: "int8", UTCDateTime: "timestamptz"}
+PG_TYPES = {String: "text", Text: "text", Float: "float8", Integer: "int4", UTCDateTime: "timestamptz"}
 
 
 def _pg_type(column: Any) -> str:

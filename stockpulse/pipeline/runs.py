@@ -24,6 +24,8 @@ from stockpulse.errors import ConfigError, utcnow
 
 TRIGGERS = ("schedule", "manual", "backfill", "replay")
 FINAL = ("succeeded", "partial", "failed")
+# `stockpulse run --full-refresh` starts here: before any provider's history (EDGAR's XBRL data starts 2009).
+FULL_REFRESH_START = date(1990, 1, 1)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@ writing its module and listing it here."""
 
 from __future__ import annotations
 
-from stockpulse.providers import alpaca, alphavantage, coinbase, finnhub, polygon, rss
+from stockpulse.providers import alpaca, alphavantage, coinbase, finnhub, polygon, rss, sec
 from stockpulse.providers.base import Fetcher, ProviderClient, ProviderSpec, Query, ResponseCache
 
 PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec for spec in (alpaca.PROVIDER, polygon.PROVIDER, alphavantage.PROVIDER, coinbase.PROVIDER,
-                                 finnhub.PROVIDER, rss.PROVIDER)
+                                 finnhub.PROVIDER, rss.PROVIDER, sec.PROVIDER)
 }
 
 

@@ -163,12 +163,65 @@ class AlphaVantageNewsFetcher(Fetcher):
                 }
 
 
+# OVERVIEW's ratios kept as facts (concept = Alpha Vantage's key), as of its LatestQuarter.
+OVERVIEW_RATIOS = {"EBITDA": "USD", "PERatio": "ratio", "PEGRatio": "ratio", "BookValue": "USD/shares",
+                   "DividendPerShare": "USD/shares", "DividendYield": "ratio", "EPS": "USD/shares",
+                   "RevenuePerShareTTM": "USD/shares", "ProfitMargin": "ratio", "OperatingMarginTTM": "ratio",
+                   "ReturnOnAssetsTTM": "ratio", "ReturnOnEquityTTM": "ratio", "RevenueTTM": "USD",
+                   "GrossProfitTTM": "USD", "DilutedEPSTTM": "USD/shares", "QuarterlyEarningsGrowthYOY": "ratio",
+                   "QuarterlyRevenueGrowthYOY": "ratio", "AnalystTargetPrice": "USD", "TrailingPE": "ratio",
+                   "ForwardPE": "ratio", "PriceToSalesRatioTTM": "ratio", "PriceToBookRatio": "ratio",
+                   "EVToRevenue": "ratio", "EVToEBITDA": "ratio", "Beta": "ratio", "SharesOutstanding": "shares"}
+NO_VALUE = {"None", "-", "", None}
+
+
+class AlphaVantageOverviewFetcher(Fetcher):
+    """``function=OVERVIEW&symbol=IBM``: the company profile and key ratios, every value a string (``"None"``
+    or ``"-"`` when absent); an unknown symbol answers ``{}``."""
+
+    data_type = "fundamentals"
+
+    def extract(self, query: Query) -> list[Any]:
+        assert self.client is not None
+        pages = []
+        for symbol in query.symbols:
+            body = self.client.get_json("/query", params={"function": "OVERVIEW", "symbol": symbol,
+                                                          "apikey": self.settings.api_key})
+            if not isinstance(body, dict):
+                raise PermanentError(f"alphavantage: OVERVIEW for {symbol} is not an object", provider="alphavantage")
+            pages.append({"symbol": symbol, "body": body})
+        return pages
+
+    def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
+        today = datetime.now(UTC).date().isoformat()
+        for page in pages:
+            symbol = page["symbol"]
+            given = {k: v for k, v in page["body"].items() if v not in NO_VALUE}
+            profile = {"kind": "profile", "symbol": symbol, "source": "alphavantage",
+                       "exchange": given.get("Exchange"), "currency": given.get("Currency"),
+                       "country": given.get("Country"), "sector": given.get("Sector"),
+                       "industry": given.get("Industry"), "cik": given.get("CIK"),
+                       "market_cap": number(given.get("MarketCapitalization")),
+                       "shares_outstanding": number(given.get("SharesOutstanding")),
+                       "website": given.get("OfficialSite"), "description": given.get("Description"),
+                       "fiscal_year_end": given.get("FiscalYearEnd"), "as_of": given.get("LatestQuarter")}
+            if "Name" in given:  # absent for an unknown symbol ({}): validation says so
+                profile["name"] = given["Name"]
+            yield profile
+            as_of = given.get("LatestQuarter")
+            for key, unit in OVERVIEW_RATIOS.items():
+                if as_of and key in given:
+                    yield {"kind": "fact", "symbol": symbol, "source": "alphavantage", "concept": key, "unit": unit,
+                           "period_end": as_of, "filed": today, "value": number(given[key])}
+
+
 PROVIDER = ProviderSpec(
     name="alphavantage",
     default_base_url="https://www.alphavantage.co",
-    fetchers={"bars": AlphaVantageDailyBarsFetcher, "news": AlphaVantageNewsFetcher},
+    fetchers={"bars": AlphaVantageDailyBarsFetcher, "news": AlphaVantageNewsFetcher,
+              "fundamentals": AlphaVantageOverviewFetcher},
     required_secrets=("api_key",),
     default_rate_limit="25/day",  # free key: 25 requests per day, about 1 per second burst
     check_response=check_response,
-    description="Alpha Vantage TIME_SERIES_DAILY (compact on free keys) and NEWS_SENTIMENT",
+    description="Alpha Vantage TIME_SERIES_DAILY (compact on free keys), NEWS_SENTIMENT and OVERVIEW",
 )

@@ -64,8 +64,11 @@ class ProviderSpec:
     fetchers: dict[str, type[Fetcher]]
     required_secrets: tuple[str, ...] = ()
     default_rate_limit: str | None = None
-    # Raises TransientError/PermanentError for a provider's own error bodies (including HTTP-200 ones).
+    # Raises TransientError/PermanentError for a provider's own error bodies (including HTTP-200 ones);
+    # ``body`` is None when the body is not JSON (an HTML block page, a feed).
     check_response: Callable[[requests.Response, Any], None] | None = None
+    # Problems with the provider's settings beyond missing secrets (e.g. SEC's required User-Agent).
+    validate_settings: Callable[[ProviderSettings], list[str]] | None = None
     description: str = ""
 
 
@@ -229,6 +232,8 @@ class ProviderClient:
             return orjson.loads(content)
         except orjson.JSONDecodeError:
             pass
+        if self.spec.check_response:
+            self.spec.check_response(response, None)
         if response.status_code >= 400:
             self.raise_for_status(response, None)
         looks_html = "html" in ctype or content.lstrip()[:15].lower().startswith((b"<!doctype", b"<html"))

@@ -133,3 +133,103 @@ def _story(seed: int, symbol: str, day: date, number: int) -> Story:
         publisher=publisher, publisher_url=publisher_url, author=("Jane Doe", "John Roe", "Staff")[number % 3],
         sentiment=round(rng.uniform(-0.6, 0.6), 6),
     )
+
+
+# ------------------------------------------------------------------------------------------------ fundamentals
+
+
+def sim_cik(symbol: str) -> int:
+    return 100_000 + int(hashlib.sha256(symbol.encode()).hexdigest()[:8], 16) % 1_800_000
+
+
+@dataclass(frozen=True)
+class Fact:
+    taxonomy: str
+    concept: str
+    unit: str
+    start: date | None
+    end: date
+    value: float | int
+    accession: str
+    fy: int
+    fp: str
+    form: str
+    filed: date
+    frame: str | None = None
+
+
+def company_facts(seed: int, symbol: str, *, today: date) -> list[Fact]:
+    """Quarterly 10-Q and annual 10-K facts since 2019 as SEC's companyfacts lists them: each period again
+    in later filings (comparatives), and the annual revenue of 2021 restated by a 10-K/A."""
+    digest = hashlib.sha256(f"{seed}:{symbol}:facts".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    cik = sim_cik(symbol)
+    revenue, assets, shares = rng.uniform(1e9, 5e10), rng.uniform(5e9, 2e11), int(rng.uniform(1e8, 5e9))
+    facts: list[Fact] = []
+    seq = 0
+
+    def accession(year: int) -> str:
+        nonlocal seq
+        seq += 1
+        return f"{cik:010d}-{year % 100:02d}-{seq:06d}"
+
+    for year in range(2019, today.year + 1):
+        annual = 0.0
+        for quarter in range(1, 5):
+            q_start = date(year, 3 * quarter - 2, 1)
+            q_end = (date(year, 3 * quarter, 28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
+            quarter_revenue = round(revenue * rng.uniform(0.22, 0.28))
+            annual += quarter_revenue
+            assets *= rng.uniform(0.98, 1.05)
+            if quarter < 4:
+                filed = q_end + timedelta(days=35)
+                if filed > today:
+                    return facts
+                acc = accession(year)
+                facts += [
+                    Fact("us-gaap", "Revenues", "USD", q_start, q_end, quarter_revenue, acc, year, f"Q{quarter}",
+                         "10-Q", filed, f"CY{year}Q{quarter}"),
+                    Fact("us-gaap", "Assets", "USD", None, q_end, round(assets), acc, year, f"Q{quarter}", "10-Q",
+                         filed, f"CY{year}Q{quarter}I"),
+                    Fact("dei", "EntityCommonStockSharesOutstanding", "shares", None, filed - timedelta(days=5),
+                         shares, acc, year, f"Q{quarter}", "10-Q", filed),
+                ]
+        filed = date(year + 1, 2, 20)
+        if filed > today:
+            return facts
+        acc = accession(year + 1)
+        year_start, year_end = date(year, 1, 1), date(year, 12, 31)
+        eps = round(annual * 0.2 / shares, 2)
+        facts += [
+            Fact("us-gaap", "Revenues", "USD", year_start, year_end, round(annual), acc, year, "FY", "10-K", filed,
+                 f"CY{year}"),
+            Fact("us-gaap", "Assets", "USD", None, year_end, round(assets), acc, year, "FY", "10-K", filed,
+                 f"CY{year}Q4I"),
+            Fact("us-gaap", "EarningsPerShareBasic", "USD/shares", year_start, year_end, eps, acc, year, "FY", "10-K",
+                 filed, f"CY{year}"),
+        ]
+        if year >= 2020:  # last year's annual revenue again, as the comparative in this 10-K (as last filed)
+            prior = max((f for f in facts if f.concept == "Revenues" and f.start == date(year - 1, 1, 1)
+                         and f.end == date(year - 1, 12, 31)), key=lambda f: f.filed)
+            facts.append(Fact("us-gaap", "Revenues", "USD", prior.start, prior.end, prior.value, acc, year, "FY",
+                              "10-K", filed))
+        if year == 2021:  # a restatement: the same period, a later filing, another value
+            restated = date(year + 1, 5, 10)
+            if restated <= today:
+                facts.append(Fact("us-gaap", "Revenues", "USD", year_start, year_end, round(annual * 0.97),
+                                  accession(year + 1), year, "FY", "10-K/A", restated))
+        revenue *= rng.uniform(0.95, 1.15)
+    return facts
+
+
+def company_profile(seed: int, symbol: str) -> dict[str, object]:
+    digest = hashlib.sha256(f"{seed}:{symbol}:profile".encode()).digest()
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    sector, industry = (("Technology", "Software"), ("Health Care", "Biotechnology"),
+                        ("Financials", "Banks"), ("Energy", "Oil & Gas"))[rng.randrange(4)]
+    return {"name": f"{symbol.title()} Holdings Inc", "exchange": ("NASDAQ", "NYSE")[rng.randrange(2)],
+            "sector": sector, "industry": industry, "shares": int(rng.uniform(1e8, 5e9)),
+            "market_cap": round(rng.uniform(1e9, 3e12)), "ipo": date(1980 + rng.randrange(40), 1 + rng.randrange(12),
+                                                                        1 + rng.randrange(28)),
+            "pe": round(rng.uniform(5, 60), 2), "beta": round(rng.uniform(0.4, 2.0), 3),
+            "eps": round(rng.uniform(-2, 12), 2), "cik": sim_cik(symbol)}

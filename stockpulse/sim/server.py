@@ -38,7 +38,16 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from stockpulse.sim.data import DailyBar, Story, daily_bars, is_unknown, news_stories
+from stockpulse.sim.data import (
+    DailyBar,
+    Story,
+    company_facts,
+    company_profile,
+    daily_bars,
+    is_unknown,
+    news_stories,
+    sim_cik,
+)
 
 log = logging.getLogger("stockpulse.sim")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -266,6 +275,8 @@ def alphavantage_query(state: SimState, path: str, query: dict[str, str], header
     function = query.get("function")
     if function == "NEWS_SENTIMENT":
         return alphavantage_news(state, query)
+    if function == "OVERVIEW":
+        return alphavantage_overview(state, query)
     if function != "TIME_SERIES_DAILY":
         raise Reply(200, {"Error Message": AV_INVALID.replace("TIME_SERIES_DAILY", str(function))})
     symbol = query.get("symbol", "")
@@ -340,12 +351,7 @@ def _stories(state: SimState, symbols: list[str], start: date, end: date) -> lis
 
 
 def finnhub_company_news(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
-    token = headers.get("X-Finnhub-Token") or query.get("token")
-    if not token:
-        raise Reply(401, {"error": "Please use an API key."})
-    expected = (state.keys.get("finnhub") or {}).get("api_key")
-    if expected and token != expected:
-        raise Reply(401, {"error": "Invalid API key."})
+    _finnhub_auth(state, query, headers)
     symbol, from_, to = query.get("symbol"), query.get("from"), query.get("to")
     if not symbol or not from_ or not to:
         raise Reply(422, {"error": "Missing required parameters: symbol, from, to."})
@@ -473,6 +479,109 @@ def yahoo_headline_rss(state: SimState, path: str, query: dict[str, str], header
          f"{label}</description><language>en-US</language>{''.join(items)}</channel></rss>").encode())
 
 
+# ------------------------------------------------------------------------------------------------ fundamentals
+
+SEC_UNDECLARED = ("<html><head><title>SEC.gov | Your Request Originates from an Undeclared Automated Tool</title>"
+                  "</head><body><p>To allow for equitable access to all users, SEC reserves the right to limit "
+                  "requests originating from undeclared automated tools. Your request has been identified as part "
+                  "of a network of automated tools outside of the acceptable policy and will be managed until "
+                  "action is taken to declare your traffic.</p><p>Please declare your traffic by updating your "
+                  "user agent to include company specific information.</p></body></html>")
+
+
+def _sec_user_agent(headers: Any) -> None:
+    agent = headers.get("User-Agent", "")
+    if "@" not in agent or agent.startswith(("python-requests", "stockpulse/")):
+        raise Reply(403, SEC_UNDECLARED, {"Content-Type": "text/html"})
+
+
+SIM_TICKERS = ("AAPL", "MSFT", "IBM", "AMZN", "NVDA", "GOOGL", "META", "TSLA", "BRK-B", "JPM")
+
+
+def sec_company_tickers(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    _sec_user_agent(headers)
+    return {str(rank): {"cik_str": sim_cik(t), "ticker": t, "title": f"{t.title()} Holdings Inc"}
+            for rank, t in enumerate(SIM_TICKERS)}
+
+
+def sec_company_facts(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    _sec_user_agent(headers)
+    cik = int(re.fullmatch(r"/api/xbrl/companyfacts/CIK(\d{10})\.json", path).group(1))
+    symbol = next((t for t in SIM_TICKERS if sim_cik(t) == cik), None)
+    if symbol is None:
+        raise Reply(404, "<?xml version='1.0' encoding='UTF-8'?><Error><Code>NoSuchKey</Code>"
+                         "<Message>The specified key does not exist.</Message></Error>",
+                    {"Content-Type": "application/xml"})
+    facts: dict[str, dict[str, Any]] = {}
+    for f in company_facts(state.seed, symbol, today=state.today):
+        concept = facts.setdefault(f.taxonomy, {}).setdefault(f.concept, {
+            "label": f.concept, "description": f"{f.concept} (simulated)", "units": {}})
+        row: dict[str, Any] = {"end": f.end.isoformat(), "val": f.value, "accn": f.accession, "fy": f.fy,
+                               "fp": f.fp, "form": f.form, "filed": f.filed.isoformat()}
+        if f.start:
+            row = {"start": f.start.isoformat(), **row}
+        if f.frame:
+            row["frame"] = f.frame
+        concept["units"].setdefault(f.unit, []).append(row)
+    return {"cik": cik, "entityName": f"{symbol.title()} Holdings Inc", "facts": facts}
+
+
+def alphavantage_overview(state: SimState, query: dict[str, str]) -> Any:
+    symbol = query.get("symbol", "")
+    if not symbol or is_unknown(symbol):
+        return {}  # Alpha Vantage's answer for a symbol it does not know
+    p = company_profile(state.seed, symbol)
+    latest = date(state.today.year, ((state.today.month - 1) // 3) * 3 + 1, 1) - timedelta(days=1)
+    return {"Symbol": symbol, "AssetType": "Common Stock", "Name": p["name"], "Description": f"{p['name']} makes things.",
+            "CIK": str(p["cik"]), "Exchange": p["exchange"], "Currency": "USD", "Country": "USA",
+            "Sector": str(p["sector"]).upper(), "Industry": str(p["industry"]).upper(),
+            "Address": "1 Main Street, Springfield, USA", "OfficialSite": f"https://www.{symbol.lower()}.example.com",
+            "FiscalYearEnd": "December", "LatestQuarter": latest.isoformat(),
+            "MarketCapitalization": str(p["market_cap"]), "EBITDA": "None", "PERatio": str(p["pe"]),
+            "PEGRatio": "-", "BookValue": "23.4", "DividendPerShare": "0", "DividendYield": "None",
+            "EPS": str(p["eps"]), "Beta": str(p["beta"]), "SharesOutstanding": str(p["shares"]),
+            "52WeekHigh": "199.62", "52WeekLow": "164.08"}
+
+
+def finnhub_profile2(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    _finnhub_auth(state, query, headers)
+    symbol = query.get("symbol", "")
+    if is_unknown(symbol) or not symbol:
+        return {}  # Finnhub's answer for an unknown symbol or a fund
+    p = company_profile(state.seed, symbol)
+    return {"country": "US", "currency": "USD", "estimateCurrency": "USD", "exchange": f"{p['exchange']} NMS",
+            "finnhubIndustry": p["sector"], "ipo": p["ipo"].isoformat(),
+            "logo": f"https://static2.finnhub.io/file/publicdatany/finnhubimage/stock_logo/{symbol}.png",
+            "marketCapitalization": p["market_cap"] / 1e6, "name": p["name"], "phone": "14089961010",
+            "shareOutstanding": p["shares"] / 1e6, "ticker": symbol, "weburl": f"https://www.{symbol.lower()}.example.com/"}
+
+
+def finnhub_metric(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    _finnhub_auth(state, query, headers)
+    symbol = query.get("symbol", "")
+    if query.get("metric") != "all":
+        raise Reply(422, {"error": "Wrong metric. Use all."})
+    if is_unknown(symbol):
+        return {}
+    p = company_profile(state.seed, symbol)
+    years = [date(y, 12, 31) for y in range(state.today.year - 3, state.today.year)]
+    return {"metric": {"peTTM": p["pe"], "beta": p["beta"], "52WeekHigh": 199.62, "52WeekLow": 164.08,
+                       "totalDebt/totalEquityQuarterly": 1.87, "epsTTM": p["eps"], "dividendYieldIndicatedAnnual": None},
+            "metricType": "all", "symbol": symbol,
+            "series": {"annual": {"eps": [{"period": d.isoformat(), "v": round(p["eps"] * (0.8 + 0.1 * i), 4)}
+                                          for i, d in enumerate(reversed(years))]},
+                       "quarterly": {"eps": [{"period": years[-1].isoformat(), "v": round(p["eps"] / 4, 4)}]}}}
+
+
+def _finnhub_auth(state: SimState, query: dict[str, str], headers: Any) -> None:
+    token = headers.get("X-Finnhub-Token") or query.get("token")
+    if not token:
+        raise Reply(401, {"error": "Please use an API key."})
+    expected = (state.keys.get("finnhub") or {}).get("api_key")
+    if expected and token != expected:
+        raise Reply(401, {"error": "Invalid API key."})
+
+
 class RawBody:
     """A handler's non-JSON answer (feeds)."""
 
@@ -501,6 +610,10 @@ ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
     ("finnhub", re.compile(r"^/api/v1/company-news$"), finnhub_company_news),
     ("polygon", re.compile(r"^/v2/reference/news$"), polygon_news),
     ("rss", re.compile(r"^/rss/2\.0/headline$"), yahoo_headline_rss),
+    ("finnhub", re.compile(r"^/api/v1/stock/profile2$"), finnhub_profile2),
+    ("finnhub", re.compile(r"^/api/v1/stock/metric$"), finnhub_metric),
+    ("sec", re.compile(r"^/api/xbrl/companyfacts/CIK\d{10}\.json$"), sec_company_facts),
+    ("sec", re.compile(r"^/files/company_tickers\.json$"), sec_company_tickers),
 ]
 
 RATE_LIMIT_BODIES = {

@@ -82,3 +82,19 @@ def test_news_sentiment_per_ticker_with_eastern_times_and_string_scores(sim_url:
     raw = next(i for i in body["feed"] if i["url"].startswith(article["canonical_url"]))
     assert raw["time_published"][9:11] == f"{article['published_at'].hour - 4:02d}"
     assert "utm_campaign" in article["url"] and "utm_campaign" not in article["canonical_url"]
+
+
+def test_overview_profile_and_ratios_skip_none_and_dash(sim_url: str, sim) -> None:
+    from stockpulse.datatypes.fundamentals import FUNDAMENTALS
+
+    records, _ = fetch("alphavantage", sim_url, ("IBM", "ZZZZ"), date(2024, 1, 1), date(2024, 1, 2),
+                       data_type="fundamentals")
+    result = FUNDAMENTALS.validate(records)
+    profile = next(r for r in result.valid if r["kind"] == "profile")
+    assert profile["name"] and profile["fiscal_year_end"] == "December" and profile["market_cap"] > 0
+    concepts = {r["concept"] for r in result.valid if r["kind"] == "fact"}
+    assert {"PERatio", "EPS", "Beta", "SharesOutstanding"} <= concepts
+    assert not concepts & {"EBITDA", "PEGRatio", "DividendYield"}  # "None" and "-" are no value
+    assert all(r["period_end"] == profile["as_of"] for r in result.valid if r["kind"] == "fact")
+    [rejected] = result.rejected
+    assert rejected.record["symbol"] == "ZZZZ" and "empty profile" in rejected.reason

@@ -61,3 +61,23 @@ def test_a_body_that_is_not_json_is_permanent(sim_url: str, sim) -> None:
     sim.fault("finnhub", "malformed")
     with pytest.raises(PermanentError, match="not valid JSON"):
         news(sim_url)
+
+
+def test_profile_in_units_not_millions_and_metrics_as_facts(sim_url: str, sim) -> None:
+    from stockpulse.datatypes.fundamentals import FUNDAMENTALS
+    from stockpulse.sim.data import company_profile
+
+    records, client = fetch("finnhub", sim_url, ("AAPL", "ZZZZ"), START, END, data_type="fundamentals")
+    assert client.requests_made == 4  # profile2 and metric per symbol
+    result = FUNDAMENTALS.validate(records)
+    profile = next(r for r in result.valid if r["kind"] == "profile")
+    expected = company_profile(7, "AAPL")  # the test simulator's seed
+    assert profile["market_cap"] == pytest.approx(expected["market_cap"])
+    assert profile["shares_outstanding"] == pytest.approx(expected["shares"])
+    facts = {(r["concept"], r["fiscal_period"]): r for r in result.valid if r["kind"] == "fact"}
+    assert ("peTTM", None) in facts and ("totalDebt/totalEquityQuarterly", None) in facts
+    assert ("annual:eps", "FY") in facts and ("quarterly:eps", "Q") in facts
+    assert not any(c == "dividendYieldIndicatedAnnual" for c, _ in facts)  # null values are not facts
+    # An unknown symbol's profile is {}: quarantined with the reason, not silently skipped.
+    [rejected] = result.rejected
+    assert rejected.record["symbol"] == "ZZZZ" and "empty profile" in rejected.reason
