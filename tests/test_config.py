@@ -87,10 +87,14 @@ def test_config_check_exits_2_with_the_message(tmp_path: Path) -> None:
 
 
 def test_config_check_and_show_succeed_and_hide_secrets(tmp_path: Path) -> None:
-    env = env_with(tmp_path, STOCKPULSE_PROVIDERS__ALPACA__API_KEY="SUPERSECRET1")
-    assert run_cli("config", "check", env=env).returncode == 0
+    # The default configuration's enabled pipelines need Alpaca (bars) and Finnhub (news, fundamentals) keys.
+    env = env_with(tmp_path, STOCKPULSE_PROVIDERS__ALPACA__API_KEY="SUPERSECRET1",
+                   STOCKPULSE_PROVIDERS__FINNHUB__API_KEY="SUPERSECRET2")
+    checked = run_cli("config", "check", env=env)
+    assert checked.returncode == 0, checked.stderr
     shown = run_cli("config", "show", env=env)
-    assert shown.returncode == 0 and "SUPERSECRET1" not in shown.stdout and "api_key: '***'" in shown.stdout
+    assert shown.returncode == 0 and "api_key: '***'" in shown.stdout
+    assert "SUPERSECRET1" not in shown.stdout and "SUPERSECRET2" not in shown.stdout
 
 
 def test_worker_refuses_to_start_without_provider_keys(tmp_path: Path) -> None:

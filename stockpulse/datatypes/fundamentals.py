@@ -19,16 +19,17 @@ from stockpulse.datatypes.base import DataType
 from stockpulse.db.models import company_profiles, financial_facts
 from stockpulse.pipeline.loader import upsert
 
-_symbol = dict(required=True, validate=validate.Regexp(SYMBOL, error="invalid symbol"))
 
-
-class ProfileSchema(Schema):
+class _CompanyRecord(Schema):
     class Meta:
         unknown = RAISE
 
-    kind = fields.Constant("profile")
-    symbol = fields.String(**_symbol)
+    symbol = fields.String(required=True, validate=validate.Regexp(SYMBOL, error="invalid symbol"))
     source = fields.String(required=True)
+
+
+class ProfileSchema(_CompanyRecord):
+    kind = fields.Constant("profile")
     name = fields.String(required=True, validate=validate.Length(min=1, max=300), error_messages={
         "required": "the provider returned an empty profile (unknown symbol, or a fund it has no profile for)"})
     exchange = fields.String(allow_none=True, load_default=None)
@@ -47,13 +48,8 @@ class ProfileSchema(Schema):
     as_of = fields.Date(allow_none=True, load_default=None)
 
 
-class FactSchema(Schema):
-    class Meta:
-        unknown = RAISE
-
+class FactSchema(_CompanyRecord):
     kind = fields.Constant("fact")
-    symbol = fields.String(**_symbol)
-    source = fields.String(required=True)
     concept = fields.String(required=True, validate=validate.Length(min=1, max=200))
     unit = fields.String(load_default="", validate=validate.Length(max=32))
     period_start = fields.Date(allow_none=True, load_default=None)

@@ -36,6 +36,23 @@ def check_response(response: requests.Response, body: Any) -> None:
                              provider="polygon")
 
 
+def follow_next_url(client: Any, path: str, params: dict[str, Any], headers: dict[str, str],
+                    what: str) -> Iterator[dict[str, Any]]:
+    """Every page of a Polygon listing: ``next_url`` (no API key in it) as path + query on our base URL."""
+    query: dict[str, Any] | None = params
+    for _ in range(MAX_PAGES):
+        body = client.get_json(path, params=query, headers=headers)
+        if not isinstance(body, dict):
+            raise PermanentError(f"polygon: unexpected payload for {what}", provider="polygon")
+        yield body
+        next_url = body.get("next_url")
+        if not next_url:
+            return
+        parts = urlsplit(next_url)
+        path, query = f"{parts.path}?{parts.query}" if parts.query else parts.path, None
+    raise PermanentError(f"polygon: more than {MAX_PAGES} pages of {what}; narrow the range", provider="polygon")
+
+
 class PolygonBarsFetcher(Fetcher):
     data_type = "bars"
 
@@ -47,20 +64,10 @@ class PolygonBarsFetcher(Fetcher):
         for symbol in query.symbols:
             path = (f"/v2/aggs/ticker/{symbol}/range/{multiplier}/{timespan}/"
                     f"{query.start.isoformat()}/{query.end.isoformat()}")
-            params: dict[str, Any] | None = {"adjusted": str(self.settings.options.get("adjusted", True)).lower(),
-                                             "sort": "asc", "limit": 50000}
-            for _ in range(MAX_PAGES):
-                body = self.client.get_json(path, params=params, headers=headers)
-                if not isinstance(body, dict):
-                    raise PermanentError("polygon: unexpected aggregates payload", provider="polygon")
-                pages.append({"symbol": symbol, "body": body})
-                next_url = body.get("next_url")
-                if not next_url:
-                    break
-                parts = urlsplit(next_url)
-                path, params = f"{parts.path}?{parts.query}" if parts.query else parts.path, None
-            else:
-                raise PermanentError(f"polygon: more than {MAX_PAGES} pages for {symbol}", provider="polygon")
+            params = {"adjusted": str(self.settings.options.get("adjusted", True)).lower(), "sort": "asc",
+                      "limit": 50000}
+            pages += [{"symbol": symbol, "body": body}
+                      for body in follow_next_url(self.client, path, params, headers, f"aggregates for {symbol}")]
         return pages
 
     def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
@@ -86,23 +93,11 @@ class PolygonNewsFetcher(Fetcher):
         headers = {"Authorization": f"Bearer {self.settings.api_key}"}
         pages = []
         for symbol in query.symbols:
-            path = "/v2/reference/news"
-            params: dict[str, Any] | None = {
-                "ticker": symbol, "published_utc.gte": f"{query.start.isoformat()}T00:00:00Z",
-                "published_utc.lte": f"{query.end.isoformat()}T23:59:59Z", "order": "asc",
-                "sort": "published_utc", "limit": int(self.settings.options.get("news_page_limit", 1000))}
-            for _ in range(MAX_PAGES):
-                body = self.client.get_json(path, params=params, headers=headers)
-                if not isinstance(body, dict):
-                    raise PermanentError("polygon: unexpected news payload", provider="polygon")
-                pages.append({"symbol": symbol, "body": body})
-                next_url = body.get("next_url")
-                if not next_url:
-                    break
-                parts = urlsplit(next_url)
-                path, params = f"{parts.path}?{parts.query}" if parts.query else parts.path, None
-            else:
-                raise PermanentError(f"polygon: more than {MAX_PAGES} news pages for {symbol}", provider="polygon")
+            params = {"ticker": symbol, "published_utc.gte": f"{query.start.isoformat()}T00:00:00Z",
+                      "published_utc.lte": f"{query.end.isoformat()}T23:59:59Z", "order": "asc",
+                      "sort": "published_utc", "limit": int(self.settings.options.get("news_page_limit", 1000))}
+            pages += [{"symbol": symbol, "body": body} for body in
+                      follow_next_url(self.client, "/v2/reference/news", params, headers, f"news for {symbol}")]
         return pages
 
     def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
