@@ -98,3 +98,13 @@ def test_overview_profile_and_ratios_skip_none_and_dash(sim_url: str, sim) -> No
     assert all(r["period_end"] == profile["as_of"] for r in result.valid if r["kind"] == "fact")
     [rejected] = result.rejected
     assert rejected.record["symbol"] == "ZZZZ" and "empty profile" in rejected.reason
+
+
+def test_news_and_overview_get_alpha_vantage_s_http_200_errors(sim_url: str, sim) -> None:
+    for data_type in ("news", "fundamentals"):
+        sim.fault("alphavantage", "429")  # {"Information": "... 1 request per second ..."} with HTTP 200
+        with pytest.raises(TransientError, match="throttled"):
+            fetch("alphavantage", sim_url, ("IBM",), date(2024, 1, 1), date(2024, 1, 2), data_type=data_type)
+        with pytest.raises(PermanentError, match="apikey is invalid or missing"):
+            fetch("alphavantage", sim_url, ("IBM",), date(2024, 1, 1), date(2024, 1, 2), data_type=data_type,
+                  api_key="")

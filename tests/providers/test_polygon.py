@@ -73,3 +73,11 @@ def test_news_next_url_carries_no_api_key(sim_url: str, sim) -> None:
     body = requests.get(f"{sim_url}/v2/reference/news", params={"ticker": "AAPL", "limit": 2, "apiKey": "k",
                                                                  "published_utc.gte": "2024-01-01"}, timeout=5).json()
     assert body["status"] == "OK" and body["count"] == 2 and "apiKey" not in body["next_url"]
+
+
+def test_news_errors_are_polygon_s(sim_url: str, sim) -> None:
+    with pytest.raises(PermanentError, match="API Key was not provided"):
+        fetch("polygon", sim_url, ("AAPL",), date(2024, 1, 1), date(2024, 1, 5), data_type="news", api_key="")
+    sim.fault("polygon", "429")
+    with pytest.raises(TransientError, match="exceeded the maximum requests per minute"):
+        fetch("polygon", sim_url, ("AAPL",), date(2024, 1, 1), date(2024, 1, 5), data_type="news")
