@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     celery.conf.update(celery_config(settings))
     celery.conf.beat_schedule = _beat_schedule()
     # Imported by workers at start-up (not here: the task modules import this app).
-    celery.conf.imports = ("stockpulse.pipeline.tasks", "stockpulse.reliability.tasks")
+    celery.conf.imports = ("stockpulse.pipeline.tasks", "stockpulse.reliability.tasks", "stockpulse.streams.tasks")
     return celery
 
 

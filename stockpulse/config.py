@@ -575,9 +575,9 @@ def _check_references(settings: Settings) -> None:
             problems.append(f"{path}: unknown provider {pipe.provider!r} (known: {', '.join(sorted(PROVIDERS))}) "
                             f"(from {_origin(path, settings.origins)})")
             continue
-        if pipe.data_type not in spec.fetchers:
+        if not spec.supplies(pipe.data_type):
             problems.append(f"{path}: provider {pipe.provider!r} does not supply {pipe.data_type!r} "
-                            f"(it supplies: {', '.join(sorted(spec.fetchers))}) (from {_origin(path, settings.origins)})")
+                            f"(it supplies: {', '.join(spec.data_types)}) (from {_origin(path, settings.origins)})")
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

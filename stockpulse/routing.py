@@ -20,7 +20,7 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
     if name.startswith(MAINTENANCE_TASK_PREFIX):
         return {"queue": "maintenance"}
     pipeline = (kwargs or {}).get("pipeline")
-    if pipeline and name.startswith("stockpulse.pipeline."):
+    if pipeline and name.startswith(("stockpulse.pipeline.", "stockpulse.realtime.")):
         from stockpulse.config import get_settings
 
         pipelines = get_settings().pipelines

@@ -47,7 +47,7 @@ def _start_redis() -> str:
     return _private_redis.url.replace("/0", "/9")
 
 
-def test_config(sim_url: str) -> dict[str, Any]:
+def test_config(sim_url: str, ws_url: str = "") -> dict[str, Any]:
     # Quotas and breakers have their own tests; elsewhere they must not get in the way.
     # Stage-level retries are what most tests exercise, so requests are not retried in place here.
     unlimited = {"rate_limit": "10000/second", "breaker": {"fail_max": 50, "reset_timeout_s": 1},
@@ -68,7 +68,8 @@ def test_config(sim_url: str) -> dict[str, Any]:
             "polygon": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
             "alphavantage": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
             "coinbase": {"base_url": sim_url, "timeout_s": 5, **unlimited},
-            "finnhub": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
+            "finnhub": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited,
+                        "options": {"ws_url": ws_url}},
             "sec": {"base_url": sim_url, "timeout_s": 5, "user_agent": "StockPulse tests tests@example.com",
                     **unlimited},
             "rss": {"base_url": sim_url, "timeout_s": 5, **unlimited,
@@ -93,6 +94,10 @@ def test_config(sim_url: str) -> dict[str, Any]:
             "finnhub_fundamentals": {"data_type": "fundamentals", "provider": "finnhub", "symbols": "test_equities"},
             "alphavantage_overview": {"data_type": "fundamentals", "provider": "alphavantage",
                                       "symbols": "test_equities"},
+            # Short timings so reconnects, silences and takeovers happen within a test.
+            "finnhub_trades": {"data_type": "trades", "provider": "finnhub", "symbols": "test_equities",
+                               "options": {"flush_ms": 50, "silence_s": 3, "lease_ttl_s": 4, "backoff_base_s": 0.2,
+                                           "backoff_cap_s": 1, "max_session_s": 600}},
             "rss_news": {"data_type": "news", "provider": "rss", "symbols": "test_equities",
                          "options": {"lookback_days": 7, "overlap_days": 1}},
         },
@@ -105,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     _sim_server, SIM_URL = serve_in_thread(state=SimState(seed=7, slow_s=1.0))
     config_path = _tmp / "stockpulse-test.yaml"
-    config_path.write_text(yaml.safe_dump(test_config(SIM_URL)))
+    config_path.write_text(yaml.safe_dump(test_config(SIM_URL, _sim_server.ws_url)))
     os.environ["STOCKPULSE_CONFIG"] = str(config_path)
     os.environ["STOCKPULSE_REDIS_URL"] = _start_redis()
     os.environ["STOCKPULSE_DATABASE_URL"] = f"sqlite:///{_tmp / 'default.db'}"
@@ -156,6 +161,14 @@ class SimControl:
     def corrupt(self, symbol: str, day: str, kind: str, provider: str = "*") -> None:
         requests.post(f"{self.url}/_sim/corrupt", json={"provider": provider, "symbol": symbol, "date": day,
                                                          "kind": kind}, timeout=5).raise_for_status()
+
+    def stream(self, action: str, **extra: Any) -> dict[str, Any]:
+        reply = requests.post(f"{self.url}/_sim/stream", json={"action": action, **extra}, timeout=5)
+        reply.raise_for_status()
+        return reply.json()
+
+    def streamed(self) -> dict[str, Any]:
+        return requests.get(f"{self.url}/_sim/stream", timeout=5).json()
 
     def requests_made(self, provider: str) -> int:
         return requests.get(f"{self.url}/_sim/stats", timeout=5).json()["requests"].get(provider, 0)
@@ -252,12 +265,12 @@ class Worker:
 
 
 def start_worker(name: str, *, concurrency: int = 2, extra_env: dict[str, str] | None = None,
-                 timeout: float = 60, queues: str = QUEUES) -> Worker:
+                 timeout: float = 60, queues: str = QUEUES, pool: str = "prefork") -> Worker:
     log_path = _tmp / f"worker-{name}-{time.time_ns()}.log"
     env = dict(os.environ, **(extra_env or {}))
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", queues, "-c", str(concurrency),
+            [sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", queues, "-P", pool, "-c", str(concurrency),
              "-n", f"{name}@%h", "-l", "INFO", "--without-mingle", "--without-gossip"],
             cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     worker = Worker(process, log_path, extra_env)

@@ -6,8 +6,9 @@ from stockpulse.datatypes.bars import BARS
 from stockpulse.datatypes.base import DataType
 from stockpulse.datatypes.fundamentals import FUNDAMENTALS
 from stockpulse.datatypes.news import NEWS
+from stockpulse.datatypes.trades import TRADES
 
-DATA_TYPES: dict[str, DataType] = {dt.name: dt for dt in (BARS, NEWS, FUNDAMENTALS)}
+DATA_TYPES: dict[str, DataType] = {dt.name: dt for dt in (BARS, NEWS, FUNDAMENTALS, TRADES)}
 
 
 def get_data_type(name: str) -> DataType:

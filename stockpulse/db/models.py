@@ -246,3 +246,44 @@ sec_tickers = Table(
     Column("title", String(300)),
     Column("refreshed_at", UTCDateTime(), nullable=False),
 )
+
+# Real-time trades. trade_id is the provider's id where it sends one (Alpaca ``i``, Coinbase ``trade_id``);
+# Finnhub sends none, so it is derived from the trade itself (see stockpulse/providers/finnhub.py), which
+# makes a replayed frame a no-op.
+trades = Table(
+    "trades", metadata,
+    Column("source", String(32), primary_key=True),
+    Column("symbol", String(24), primary_key=True),
+    Column("ts", UTCDateTime(), primary_key=True),  # microsecond precision
+    Column("trade_id", String(64), primary_key=True),
+    Column("price", Float, nullable=False),
+    Column("size", Float, nullable=False),
+    Column("conditions", String(64)),  # comma-separated condition codes, as given
+    Column("exchange", String(16)),
+    Column("ingested_at", UTCDateTime(), nullable=False),
+    Index("ix_trades_symbol_ts", "symbol", "ts"),
+)
+
+# One row per stream shard: the highest fencing token that has written. A consumer writes only while its
+# token is the highest, in the same transaction as its rows, so a consumer that lost its lease (paused,
+# partitioned) cannot write after another took over.
+stream_fences = Table(
+    "stream_fences", metadata,
+    Column("shard", String(128), primary_key=True),
+    Column("token", Integer, nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+# Windows a stream was not receiving (disconnects, silences), and how each was closed.
+stream_gaps = Table(
+    "stream_gaps", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("pipeline", String(64), nullable=False),
+    Column("shard", String(128), nullable=False),
+    Column("started_at", UTCDateTime(), nullable=False),
+    Column("ended_at", UTCDateTime(), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("resolution", String(32), nullable=False),  # reported (no REST source) | backfill queued
+    Column("backfill_run_id", String(36)),
+    Index("ix_stream_gaps_pipeline_started", "pipeline", "started_at"),
+)

@@ -63,6 +63,15 @@ def metrics() -> SimpleNamespace:
                         "Database connections checked out of the pools of this worker's processes",
                         multiprocess_mode="livesum"),
         db_checkouts=Counter("stockpulse_db_pool_checkouts_total", "Database connections checked out of a pool"),
+        stream_consumers=Gauge("stockpulse_stream_consumers", "Stream consumers by connection state "
+                               "(connecting, connected, reconnecting)", [*PIPELINE_LABELS, "state"],
+                               multiprocess_mode="livesum"),
+        stream_reconnects=Counter("stockpulse_stream_reconnects_total", "Stream reconnections, by what ended the "
+                                  "previous connection", [*PIPELINE_LABELS, "reason"]),
+        stream_gaps=Counter("stockpulse_stream_gaps_total", "Windows a stream received nothing (recorded in "
+                            "stream_gaps)", PIPELINE_LABELS),
+        stream_gap_seconds=Counter("stockpulse_stream_gap_seconds_total", "Seconds without data across gaps",
+                                   PIPELINE_LABELS),
     )
 
 
@@ -150,6 +159,35 @@ def run_finished(pipeline: str, trigger: str, status: str, finished_at: float) -
 @safely
 def ingestion_latency(pipeline: str, seconds: float) -> None:
     metrics().latency.labels(**labels_for(pipeline)).observe(max(seconds, 0.0))
+
+
+@safely
+def ingestion_latencies(pipeline: str, seconds: list[float]) -> None:
+    child = metrics().latency.labels(**labels_for(pipeline))
+    for value in seconds:
+        child.observe(max(value, 0.0))
+
+
+@safely
+def stream_state(pipeline: str, old: str | None, new: str | None) -> None:
+    """A consumer moved from ``old`` to ``new`` (None: not counted)."""
+    gauge, labels = metrics().stream_consumers, labels_for(pipeline)
+    if old:
+        gauge.labels(**labels, state=old).dec()
+    if new:
+        gauge.labels(**labels, state=new).inc()
+
+
+@safely
+def stream_reconnect(pipeline: str, reason: str) -> None:
+    metrics().stream_reconnects.labels(**labels_for(pipeline), reason=reason[:64]).inc()
+
+
+@safely
+def stream_gap(pipeline: str, seconds: float) -> None:
+    m, labels = metrics(), labels_for(pipeline)
+    m.stream_gaps.labels(**labels).inc()
+    m.stream_gap_seconds.labels(**labels).inc(max(seconds, 0.0))
 
 
 @safely

@@ -57,6 +57,38 @@ class Fetcher(ABC):
     def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]: ...
 
 
+@dataclass
+class StreamFrame:
+    """What one websocket frame said: records to validate and load, and control information."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    malformed: str | None = None  # the frame could not be read at all (quarantined with this reason)
+    error: Exception | None = None  # the provider reported an error (auth, limits): raised by the consumer
+
+
+class TradeStream(ABC):
+    """One provider's websocket protocol: where to connect, what to send, how to read a frame."""
+
+    def __init__(self, settings: ProviderSettings):
+        self.settings = settings
+
+    @abstractmethod
+    def url(self) -> str: ...
+
+    def handshake(self) -> list[str]:
+        """Messages sent right after connecting, before subscribing (e.g. authentication)."""
+        return []
+
+    @abstractmethod
+    def subscribe(self, symbols: tuple[str, ...]) -> list[str]: ...
+
+    @abstractmethod
+    def unsubscribe(self, symbols: tuple[str, ...]) -> list[str]: ...
+
+    @abstractmethod
+    def parse(self, text: str) -> StreamFrame: ...
+
+
 @dataclass(frozen=True)
 class ProviderSpec:
     name: str
@@ -69,6 +101,15 @@ class ProviderSpec:
     check_response: Callable[[requests.Response, Any], None] | None = None
     # Problems with the provider's settings beyond missing secrets (e.g. SEC's required User-Agent).
     validate_settings: Callable[[ProviderSettings], list[str]] | None = None
+    # Websocket streams by data type (real-time trades).
+    streams: dict[str, type[TradeStream]] = field(default_factory=dict)
+
+    def supplies(self, data_type: str) -> bool:
+        return data_type in self.fetchers or data_type in self.streams
+
+    @property
+    def data_types(self) -> list[str]:
+        return sorted({*self.fetchers, *self.streams})
     description: str = ""
 
 

@@ -9,12 +9,14 @@ plan, 30/second on every plan).
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 from stockpulse.errors import PermanentError
-from stockpulse.providers.base import Fetcher, ProviderSpec, Query
+from stockpulse.providers.base import Fetcher, ProviderSpec, Query, StreamFrame, TradeStream
 
 
 def epoch_seconds_iso(value: Any) -> Any:
@@ -107,6 +109,63 @@ class FinnhubFundamentalsFetcher(Fetcher):
                                    "value": point["v"]}
 
 
+class FinnhubTradeStream(TradeStream):
+    """``wss://ws.finnhub.io?token=KEY`` (the token only travels in the URL); one ``{"type":"subscribe",
+    "symbol":S}`` per symbol; frames ``{"data":[{"c","p","s","t","v"}],"type":"trade"}`` (``t`` in ms, ``c``
+    condition codes as strings, often null or missing for crypto), ``{"type":"ping"}`` (ignored: no reply is
+    documented) and ``{"msg":...,"type":"error"}``. A bad key is refused at the handshake (HTTP 401).
+    Finnhub sends no trade id: it is derived from the trade (time, price, size, and its rank among
+    identical trades in the frame), so a replayed frame loads nothing twice."""
+
+    def url(self) -> str:
+        base = str(self.settings.options.get("ws_url", "wss://ws.finnhub.io"))
+        return f"{base}{'&' if '?' in base else '?'}token={self.settings.api_key or ''}"
+
+    def subscribe(self, symbols: tuple[str, ...]) -> list[str]:
+        return [json.dumps({"type": "subscribe", "symbol": s}) for s in symbols]
+
+    def unsubscribe(self, symbols: tuple[str, ...]) -> list[str]:
+        return [json.dumps({"type": "unsubscribe", "symbol": s}) for s in symbols]
+
+    def parse(self, text: str) -> StreamFrame:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return StreamFrame(malformed="frame is not valid JSON")
+        if not isinstance(message, dict):
+            return StreamFrame(malformed="frame is not a JSON object")
+        kind = message.get("type")
+        if kind == "ping":
+            return StreamFrame()
+        if kind == "error":
+            return StreamFrame(error=PermanentError(f"finnhub stream: {message.get('msg')}", provider="finnhub"))
+        if kind != "trade" or not isinstance(message.get("data"), list):
+            return StreamFrame(malformed=f"unexpected frame type {kind!r}")
+        records, seen = [], Counter()
+        for trade in message["data"]:
+            if not isinstance(trade, dict):
+                records.append({"source": "finnhub", "_raw": trade})
+                continue
+            t, p, v = trade.get("t"), trade.get("p"), trade.get("v")
+            conditions = trade.get("c")
+            identity = (trade.get("s"), t, p, v, tuple(conditions) if isinstance(conditions, list) else conditions)
+            seen[identity] += 1
+            records.append({
+                "source": "finnhub", "symbol": trade.get("s"), "ts": epoch_ms_iso(t),
+                "trade_id": f"{t}-{p}-{v}-{seen[identity]}", "price": p, "size": v,
+                "conditions": ",".join(map(str, conditions)) if isinstance(conditions, list) and conditions else None,
+                "exchange": None,
+            })
+        return StreamFrame(records=records)
+
+
+def epoch_ms_iso(value: Any) -> Any:
+    """UNIX milliseconds -> ISO 8601 UTC with microseconds; anything else unchanged for validation."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return value
+    return datetime.fromtimestamp(value / 1000, UTC).isoformat(timespec="microseconds")
+
+
 def _millions(value: Any) -> Any:
     """Finnhub reports market capitalisation and shares outstanding in millions."""
     return value * 1e6 if isinstance(value, int | float) and not isinstance(value, bool) else value
@@ -122,8 +181,9 @@ PROVIDER = ProviderSpec(
     name="finnhub",
     default_base_url="https://finnhub.io",
     fetchers={"news": FinnhubNewsFetcher, "fundamentals": FinnhubFundamentalsFetcher},
+    streams={"trades": FinnhubTradeStream},
     required_secrets=("api_key",),
     default_rate_limit="60/minute",  # free plan (and 30/second on every plan)
     check_response=check_response,
-    description="Finnhub company news, profiles and basic financials",
+    description="Finnhub company news, profiles, basic financials and the trades websocket",
 )

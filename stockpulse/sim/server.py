@@ -48,6 +48,7 @@ from stockpulse.sim.data import (
     news_stories,
     sim_cik,
 )
+from stockpulse.sim.streams import StreamControl, serve_streams
 
 log = logging.getLogger("stockpulse.sim")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -75,6 +76,7 @@ class SimState:
         self.queued: dict[str, list[str]] = {}
         self.corruptions: list[dict[str, Any]] = []
         self.feeds: dict[str, dict[str, Any]] = {}
+        self.stream = StreamControl()
         self.stats: Counter[str] = Counter()
         self.lock = threading.Lock()
         self.rng = random.Random(seed)
@@ -659,6 +661,8 @@ class SimHandler(BaseHTTPRequestHandler):
                 return self._json(200, {"requests": dict(self.state.stats)})
         if parts.path == "/_sim/health":
             return self._json(200, {"status": "ok"})
+        if parts.path == "/_sim/stream":
+            return self._json(200, self.state.stream.snapshot())
         if parts.path in self.state.feeds:  # feeds a test registered with POST /_sim/feeds
             provider, handler = "rss", None
         else:
@@ -728,6 +732,11 @@ class SimHandler(BaseHTTPRequestHandler):
         except ValueError:
             return self._json(400, {"message": "body must be JSON"})
         path = urlsplit(self.path).path
+        if path == "/_sim/stream":
+            try:
+                return self._json(200, self.state.stream.act(payload))
+            except ValueError as exc:
+                return self._json(400, {"message": str(exc)})
         with self.state.lock:
             if path == "/_sim/faults":
                 kind = str(payload.get("kind"))
@@ -772,6 +781,13 @@ class SimHandler(BaseHTTPRequestHandler):
 class SimServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    ws_server: Any = None
+    ws_url: str = ""
+
+    def shutdown(self) -> None:
+        if self.ws_server is not None:
+            self.ws_server.shutdown()
+        super().shutdown()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients hanging up on a dropped, slow or huge response are part of the job here.
@@ -783,10 +799,14 @@ def make_server(host: str = "127.0.0.1", port: int = 0, state: SimState | None =
     return SimServer((host, port), handler)
 
 
-def serve_in_thread(host: str = "127.0.0.1", port: int = 0, state: SimState | None = None) -> tuple[SimServer, str]:
+def serve_in_thread(host: str = "127.0.0.1", port: int = 0, state: SimState | None = None,
+                    ws_port: int = 0) -> tuple[SimServer, str]:
+    """The HTTP simulator and, beside it, the websocket streams (``server.ws_url``)."""
+    state = state or SimState()
     server = make_server(host, port, state)
     thread = threading.Thread(target=server.serve_forever, name="stockpulse-sim", daemon=True)
     thread.start()
+    server.ws_server, server.ws_url = serve_streams(state.stream, host, ws_port)
     return server, f"http://{host}:{server.server_address[1]}"
 
 

@@ -1,0 +1,1 @@
+"""Real-time streams: leases and fencing (one consumer per shard), the consumer, its Celery tasks."""
