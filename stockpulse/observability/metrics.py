@@ -119,6 +119,11 @@ def initialise() -> None:
             m.records.labels(**labels, stage=stage, outcome=outcome).inc(0)
         for kind in ("quota", "breaker"):
             m.waits.labels(provider=pipe.provider, kind=kind).inc(0)
+        if pipe.queue == "realtime":  # a stream pipeline: its connection states and gap counters start at 0
+            for state in ("connecting", "connected", "reconnecting"):
+                m.stream_consumers.labels(**labels, state=state).inc(0)
+            m.stream_gaps.labels(**labels).inc(0)
+            m.stream_gap_seconds.labels(**labels).inc(0)
 
 
 @safely
