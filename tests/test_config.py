@@ -113,3 +113,14 @@ def test_a_broken_config_stops_every_celery_command(tmp_path: Path) -> None:
                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "pipelines.daily_bars.queue: Must be one of" in result.stderr
+
+
+def test_an_enabled_sec_pipeline_needs_a_descriptive_user_agent(tmp_path: Path) -> None:
+    config = {"pipelines": {"sec_company_facts": {"enabled": True}}}
+    env = env_with(tmp_path, config, STOCKPULSE_PROVIDERS__FINNHUB__API_KEY="k")
+    refused = run_cli("config", "check", env=env)
+    assert refused.returncode == 2
+    assert "providers.sec.user_agent: SEC requires a User-Agent naming your company and a contact e-mail" in refused.stderr
+    env["STOCKPULSE_PROVIDERS__SEC__USER_AGENT"] = "Example Corp data@example.com"
+    accepted = run_cli("config", "check", env=env)
+    assert accepted.returncode == 0, accepted.stderr
