@@ -69,10 +69,14 @@ def start_run(pipeline: str, *, symbols: list[str] | None = None, trigger: str =
     """Record a run and enqueue one chain per batch on the pipeline's queue; returns the run id."""
     from stockpulse.config import TICKER_PATTERN
     from stockpulse.pipeline.tasks import chain_from
+    from stockpulse.providers import PROVIDERS
 
     pipe = get_settings().pipeline(pipeline)
     if trigger not in TRIGGERS:
         raise ConfigError(f"unknown trigger {trigger!r}")
+    if pipe.data_type not in PROVIDERS[pipe.provider].fetchers:
+        raise ConfigError(f"pipeline {pipeline!r} is a stream ({pipe.provider} {pipe.data_type}): it has no runs; "
+                          "its consumers are started by stockpulse.maintenance.supervise_streams (docs/realtime.md)")
     chosen = tuple(symbols) if symbols else pipe.symbols
     bad = [s for s in chosen if not TICKER_PATTERN.match(s)]
     if bad:

@@ -185,3 +185,11 @@ def test_stream_metrics_and_ticks_latency(stream: Any) -> None:
     assert samples["stockpulse_ingestion_latency_seconds_count"].value >= 100
     newest = max(r.ts for r in table_rows("trades"))
     assert (datetime.now(UTC) - newest).total_seconds() < 30
+
+
+def test_a_stream_pipeline_cannot_be_run_as_a_batch_chain() -> None:
+    from stockpulse.errors import ConfigError
+    from stockpulse.pipeline.runs import start_run
+
+    with pytest.raises(ConfigError, match="is a stream"):
+        start_run(PIPELINE)
