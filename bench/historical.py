@@ -13,19 +13,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import date, timedelta
 from pathlib import Path
 
 import psutil
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import prepare, start_worker  # noqa: E402
 
 
 def weekdays_back(end: date, count: int) -> date:
@@ -84,7 +83,6 @@ def main() -> int:
     for symbol in symbols:
         for bar in daily_bars(state.seed, symbol, start, end, today=state.today):
             _alpaca_bar(bar)  # rendered once, as a real provider serves from its store
-    workdir = Path(tempfile.mkdtemp(prefix="stockpulse-bench-"))
     config = {
         # The provider's quota is not what is measured here, so it is lifted.
         "providers": {"alpaca": {"base_url": sim_url, "api_key": "bench", "api_secret": "bench", "timeout_s": 120,
@@ -97,33 +95,13 @@ def main() -> int:
                       "crypto_daily_bars": {"data_type": "bars", "provider": "coinbase", "symbols": ["BTC-USD"],
                                             "enabled": False}},
     }
-    (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
-    os.environ.update({"STOCKPULSE_CONFIG": str(workdir / "bench.yaml"), "STOCKPULSE_DATABASE_URL": args.database_url,
-                       "STOCKPULSE_REDIS_URL": args.redis_url, "STOCKPULSE_HOME": str(ROOT)})
-
-    import redis
+    engine, workdir = prepare(config, args.database_url, args.redis_url)
+    worker = start_worker(workdir, "-Q", "historical", "-c", str(args.concurrency))
     from sqlalchemy import func, select
 
-    from stockpulse.db.engine import get_engine, normalise_url
-    from stockpulse.db.migrate import upgrade
+    from stockpulse.db.engine import normalise_url
     from stockpulse.db.models import bars, pipeline_run_batches
 
-    engine = get_engine(args.database_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    upgrade(args.database_url)
-    redis.Redis.from_url(args.redis_url).flushdb()
-
-    log = open(workdir / "worker.log", "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", "historical",
-                               "-c", str(args.concurrency), "-l", "WARNING", "--without-mingle", "--without-gossip"],
-                              cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
-    from stockpulse import app
-
-    deadline = time.monotonic() + 60
-    while not app.control.ping(timeout=0.5) and time.monotonic() < deadline:
-        time.sleep(0.2)
     sampler = RssSampler(worker.pid)
     sampler.start()
 

@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.common import prepare, start_worker  # noqa: E402
 
 
 def main() -> int:
@@ -42,7 +40,6 @@ def main() -> int:
     state.stream.frame_size = 50
     server, sim_url = serve_in_thread(state=state)
     symbols = [f"T{i:03d}" for i in range(args.symbols)]
-    workdir = Path(tempfile.mkdtemp(prefix="stockpulse-rt-bench-"))
     config = {
         "providers": {"finnhub": {"base_url": sim_url, "api_key": "bench", "options": {"ws_url": server.ws_url}}},
         "symbols": {"bench": symbols},
@@ -52,39 +49,19 @@ def main() -> int:
                                                               "headline_rss", "company_fundamentals")}},
         "metrics": {"port": 0},
     }
-    (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
-    os.environ.update({"STOCKPULSE_CONFIG": str(workdir / "bench.yaml"), "STOCKPULSE_DATABASE_URL": args.database_url,
-                       "STOCKPULSE_REDIS_URL": args.redis_url, "STOCKPULSE_HOME": str(ROOT)})
-
-    import redis
+    engine, workdir = prepare(config, args.database_url, args.redis_url)
     from sqlalchemy import text
 
-    from stockpulse.db.engine import get_engine
-    from stockpulse.db.migrate import upgrade
-
-    engine = get_engine(args.database_url)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    upgrade(args.database_url)
-    redis.Redis.from_url(args.redis_url).flushdb()
-
-    log = open(workdir / "worker.log", "wb")
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "stockpulse", "worker", "-Q", "realtime",
-                               "-P", "threads", "-c", "4", "-l", "WARNING", "--without-mingle", "--without-gossip"],
-                              cwd=ROOT, env=dict(os.environ), stdout=log, stderr=subprocess.STDOUT)
+    worker = start_worker(workdir, "-Q", "realtime", "-P", "threads", "-c", "4")
 
     def stored() -> int:
         with engine.connect() as conn:
             return int(conn.execute(text("SELECT count(*) FROM trades")).scalar())
 
     try:
-        from stockpulse import app
         from stockpulse.streams.tasks import supervise_streams
 
         deadline = time.monotonic() + 60
-        while not app.control.ping(timeout=0.5) and time.monotonic() < deadline:
-            time.sleep(0.2)
         state.stream.act({"action": "pause"})
         supervise_streams.apply()
         while state.stream.connections == 0 and time.monotonic() < deadline:
