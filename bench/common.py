@@ -18,7 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def prepare(config: dict[str, Any], database_url: str, redis_url: str) -> tuple[Any, Path]:
     """Write ``config`` and point this process at it; drop and re-migrate the database; flush Redis.
-    Returns the engine and the working folder."""
+    Every pipeline of settings/default.yaml that ``config`` does not declare is disabled, so the worker
+    needs no provider key the benchmark does not use. Returns the engine and the working folder."""
+    defaults = yaml.safe_load((ROOT / "settings" / "default.yaml").read_text()).get("pipelines") or {}
+    pipelines = config.setdefault("pipelines", {})
+    for name in defaults:
+        pipelines.setdefault(name, {"enabled": False})
     workdir = Path(tempfile.mkdtemp(prefix="stockpulse-bench-"))
     (workdir / "bench.yaml").write_text(yaml.safe_dump(config))
     os.environ.update({"STOCKPULSE_CONFIG": str(workdir / "bench.yaml"), "STOCKPULSE_DATABASE_URL": database_url,
@@ -46,6 +51,9 @@ def start_worker(workdir: Path, *worker_args: str, timeout: float = 60) -> subpr
     from stockpulse import app
 
     deadline = time.monotonic() + timeout
-    while not app.control.ping(timeout=0.5) and time.monotonic() < deadline:
+    while not app.control.ping(timeout=0.5):
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            raise SystemExit(f"the worker did not start:\n{(workdir / 'worker.log').read_text()[-3000:]}")
         time.sleep(0.2)
     return worker

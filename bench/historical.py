@@ -89,11 +89,7 @@ def main() -> int:
                                  "rate_limit": "100000/second", "options": {"page_limit": 10000}}},
         "symbols": {"bench": symbols},
         "pipelines": {"bench_bars": {"data_type": "bars", "provider": "alpaca", "symbols": "bench",
-                                     "batch_size": args.batch_size},
-                      "daily_bars": {"data_type": "bars", "provider": "alpaca", "symbols": ["AAPL"],
-                                     "enabled": False},
-                      "crypto_daily_bars": {"data_type": "bars", "provider": "coinbase", "symbols": ["BTC-USD"],
-                                            "enabled": False}},
+                                     "batch_size": args.batch_size}},
     }
     engine, workdir = prepare(config, args.database_url, args.redis_url)
     worker = start_worker(workdir, "-Q", "historical", "-c", str(args.concurrency))

@@ -44,9 +44,7 @@ def main() -> int:
         "providers": {"finnhub": {"base_url": sim_url, "api_key": "bench", "options": {"ws_url": server.ws_url}}},
         "symbols": {"bench": symbols},
         "pipelines": {"bench_trades": {"data_type": "trades", "provider": "finnhub", "symbols": "bench",
-                                       "options": {"shard_size": max(1, args.symbols)}},
-                      **{name: {"enabled": False} for name in ("daily_bars", "crypto_daily_bars", "company_news",
-                                                              "headline_rss", "company_fundamentals")}},
+                                       "options": {"shard_size": max(1, args.symbols)}}},
         "metrics": {"port": 0},
     }
     engine, workdir = prepare(config, args.database_url, args.redis_url)
