@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -233,3 +234,36 @@ def company_profile(seed: int, symbol: str) -> dict[str, object]:
                                                                         1 + rng.randrange(28)),
             "pe": round(rng.uniform(5, 60), 2), "beta": round(rng.uniform(0.4, 2.0), 3),
             "eps": round(rng.uniform(-2, 12), 2), "cik": sim_cik(symbol)}
+
+
+# ------------------------------------------------------------------------------------------- trade tape
+
+
+@dataclass(frozen=True)
+class TapeTrade:
+    """One trade of the simulated consolidated tape. ``slot`` is the trade's number for its symbol."""
+
+    symbol: str
+    slot: int
+    t_ns: int
+    price: float
+    size: int
+
+
+def tape_trades(symbol: str, start_ns: int, end_ns: int, per_second: int) -> list[TapeTrade]:
+    """Every trade of ``symbol`` with start_ns <= time < end_ns, ``per_second`` trades a second.
+
+    The tape depends only on (symbol, time): the websocket streams it live and the REST endpoints return
+    the same trades for any past window, so a gap filled over REST is checkable trade by trade.
+    """
+    period = 1_000_000_000 // per_second
+    first, last = -(-start_ns // period), (end_ns - 1) // period
+    base = 20 + zlib.crc32(symbol.encode()) % 480
+    return [TapeTrade(symbol, k, k * period + (k * 7919) % min(period, 1_000_000),
+                      round(base + (k % 1000) * 0.01, 2), 1 + k % 50) for k in range(first, last + 1)]
+
+
+def rfc3339_ns(t_ns: int) -> str:
+    """Nanosecond RFC 3339 in UTC, as Alpaca writes trade times (``2021-02-22T15:51:44.208123456Z``)."""
+    seconds, ns = divmod(t_ns, 1_000_000_000)
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{ns:09d}Z"

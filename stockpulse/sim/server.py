@@ -38,15 +38,18 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from stockpulse.sim.alpaca_stream import trade_message
 from stockpulse.sim.data import (
     DailyBar,
     Story,
+    TapeTrade,
     company_facts,
     company_profile,
     daily_bars,
     is_unknown,
     news_stories,
     sim_cik,
+    tape_trades,
 )
 from stockpulse.sim.streams import StreamControl, serve_streams
 
@@ -150,11 +153,64 @@ def _corrupt(values: dict[str, Any], kind: str | None, names: dict[str, str]) ->
     return values
 
 
-def alpaca_bars(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+def _alpaca_auth(state: SimState, headers: Any) -> None:
     key, secret = headers.get("APCA-API-KEY-ID"), headers.get("APCA-API-SECRET-KEY")
     expected = state.keys.get("alpaca") or {}
     if not key or not secret or (expected and (key != expected.get("api_key") or secret != expected.get("api_secret"))):
         raise Reply(403, {"message": "forbidden."})
+
+
+def alpaca_trades(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    """Historical trades from the simulated tape (the same trades the stream sends): sorted by symbol, then
+    time; ``start`` and ``end`` inclusive; ``limit`` across symbols; ``next_page_token`` is base64 of
+    ``SYMBOL|slot`` of the last trade sent."""
+    _alpaca_auth(state, headers)
+    match = re.fullmatch(r"/v2/stocks/(?:(?P<one>[^/]+)/)?trades", path)
+    assert match
+    symbols = [match.group("one")] if match.group("one") else [s for s in query.get("symbols", "").split(",") if s]
+    if not symbols:
+        raise Reply(400, {"code": 40010001, "message": "symbols is required"})
+    limit = int(query.get("limit", 1000))
+    if not 1 <= limit <= 10000:
+        raise Reply(422, {"code": 42210000, "message": "invalid limit: must be between 1 and 10000"})
+    now_ns = time.time_ns()
+    start, end = _parse_dt(query.get("start")), _parse_dt(query.get("end"))
+    start_ns = _epoch_ns(start) if start else now_ns // 86_400_000_000_000 * 86_400_000_000_000
+    end_ns = min(now_ns, _epoch_ns(end) + 1000) if end else now_ns  # end is inclusive (to the microsecond)
+    after: tuple[str, int] | None = None
+    if query.get("page_token"):
+        try:
+            sym, _, slot = base64.b64decode(query["page_token"]).decode().partition("|")
+            after = (sym, int(slot))
+        except Exception:
+            raise Reply(400, {"code": 40010001, "message": "invalid page_token"}) from None
+    items: list[TapeTrade] = []
+    for symbol in sorted(set(symbols)):
+        if is_unknown(symbol) or (after and symbol < after[0]):
+            continue
+        tape = tape_trades(symbol, start_ns, end_ns, state.stream.tape_rate)
+        if after and symbol == after[0]:
+            tape = [t for t in tape if t.slot > after[1]]
+        items.extend(tape[: limit + 1 - len(items)])
+        if len(items) > limit:
+            break
+    page, rest = items[:limit], items[limit:]
+    out: dict[str, list] = {}
+    for trade in page:
+        message = trade_message(trade)
+        out.setdefault(trade.symbol, []).append({k: message[k] for k in ("t", "x", "p", "s", "c", "i", "z")})
+    token = base64.b64encode(f"{page[-1].symbol}|{page[-1].slot}".encode()).decode() if rest and page else None
+    if match.group("one"):
+        return {"trades": out.get(symbols[0], []), "symbol": symbols[0], "next_page_token": token}
+    return {"trades": out, "next_page_token": token}
+
+
+def _epoch_ns(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+def alpaca_bars(state: SimState, path: str, query: dict[str, str], headers: Any) -> Any:
+    _alpaca_auth(state, headers)
     match = re.fullmatch(r"/v2/stocks/(?:(?P<one>[^/]+)/)?bars", path)
     assert match
     symbols = [match.group("one")] if match.group("one") else [s for s in query.get("symbols", "").split(",") if s]
@@ -606,6 +662,7 @@ def _parse_dt(value: str | None) -> datetime | None:
 # (provider, path pattern, handler); the paths of different providers never overlap.
 ROUTES: list[tuple[str, re.Pattern[str], Callable[..., Any]]] = [
     ("alpaca", re.compile(r"^/v2/stocks/(?:[^/]+/)?bars$"), alpaca_bars),
+    ("alpaca", re.compile(r"^/v2/stocks/(?:[^/]+/)?trades$"), alpaca_trades),
     ("polygon", re.compile(r"^/v2/aggs/ticker/"), polygon_aggs),
     ("alphavantage", re.compile(r"^/query$"), alphavantage_query),
     ("coinbase", re.compile(r"^/products/[^/]+/candles$"), coinbase_candles),
@@ -806,7 +863,7 @@ def serve_in_thread(host: str = "127.0.0.1", port: int = 0, state: SimState | No
     server = make_server(host, port, state)
     thread = threading.Thread(target=server.serve_forever, name="stockpulse-sim", daemon=True)
     thread.start()
-    server.ws_server, server.ws_url = serve_streams(state.stream, host, ws_port)
+    server.ws_server, server.ws_url = serve_streams(state.stream, host, ws_port, keys=state.keys)
     return server, f"http://{host}:{server.server_address[1]}"
 
 
