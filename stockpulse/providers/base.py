@@ -6,6 +6,7 @@ A provider module declares one :class:`ProviderSpec` with a fetcher class per da
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -37,6 +38,14 @@ class Query:
     start: date
     end: date
     options: dict[str, Any] = field(default_factory=dict)
+    # A window finer than days (a stream's gap fill): the fetcher asks for exactly [since, until].
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def window(self) -> tuple[datetime, datetime]:
+        """[since, until] when given, else the whole days from start to end, in UTC."""
+        return (self.since or datetime.combine(self.start, datetime.min.time(), UTC),
+                self.until or datetime.combine(self.end, datetime.max.time(), UTC))
 
 
 class Fetcher(ABC):
@@ -62,12 +71,30 @@ class StreamFrame:
     """What one websocket frame said: records to validate and load, and control information."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
+    # Records of other data types on the same connection (Alpaca's minute bars beside trades), by data type.
+    extra: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     malformed: str | None = None  # the frame could not be read at all (quarantined with this reason)
     error: Exception | None = None  # the provider reported an error (auth, limits): raised by the consumer
 
 
+def decode_frame(text: str, expected: type[dict] | type[list]) -> tuple[Any, StreamFrame | None]:
+    """A frame's JSON value when it is the ``expected`` container, else (None, a frame marked malformed)."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None, StreamFrame(malformed="frame is not valid JSON")
+    if not isinstance(value, expected):
+        what = "a JSON object" if expected is dict else "a JSON array of messages"
+        return None, StreamFrame(malformed=f"frame is not {what}")
+    return value, None
+
+
 class TradeStream(ABC):
     """One provider's websocket protocol: where to connect, what to send, how to read a frame."""
+
+    # The exchange calendar whose sessions the stream follows (silence outside them is normal); None for
+    # markets that never close. A pipeline overrides it with ``options.calendar`` ("none" for 24/7).
+    calendar: ClassVar[str | None] = None
 
     def __init__(self, settings: ProviderSettings):
         self.settings = settings

@@ -3,10 +3,14 @@
 Keyless. ``GET /products/{product_id}/candles?granularity=86400&start=ISO&end=ISO``; rows are
 ``[time, low, high, open, close, volume]`` (time in epoch seconds, newest first), at most 300 per request,
 so a range is asked for in windows of 300 candles. Errors are ``{"message": ...}``.
+
+Trades stream, also keyless: ``wss://ws-feed.exchange.coinbase.com``, channel ``matches`` (see
+``CoinbaseMatchesStream``), so a new user sees live data with no API key.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,8 +21,11 @@ from stockpulse.providers.base import (
     Fetcher,
     ProviderSpec,
     Query,
+    StreamFrame,
+    TradeStream,
     bar_record,
     daily_from_epoch,
+    decode_frame,
     intraday_ts,
     number,
 )
@@ -69,10 +76,48 @@ class CoinbaseCandlesFetcher(Fetcher):
                                  number(v) if v is not None else MISSING, "coinbase")
 
 
+class CoinbaseMatchesStream(TradeStream):
+    """Coinbase Exchange websocket feed, ``matches`` channel: subscribe within 5 s with
+    ``{"type":"subscribe","product_ids":[..],"channels":["matches"]}``; the server confirms with
+    ``subscriptions``, sends one ``last_match`` per product (a real trade, loaded too: loads are idempotent),
+    then one ``match`` a frame: ``trade_id`` (unique per product), ``price``/``size`` as strings, ``time`` with
+    microseconds, ``side`` the maker's side. ``error`` frames (an unknown product, a bad channel) are
+    configuration errors and end the consumer; other types (heartbeat, new ones) are ignored, as the docs ask.
+    No REST source fills this stream's gaps: they are recorded and reported."""
+
+    def url(self) -> str:
+        return str(self.settings.options.get("ws_url", "wss://ws-feed.exchange.coinbase.com"))
+
+    def subscribe(self, symbols: tuple[str, ...]) -> list[str]:
+        return [json.dumps({"type": "subscribe", "product_ids": list(symbols), "channels": ["matches"]})] \
+            if symbols else []
+
+    def unsubscribe(self, symbols: tuple[str, ...]) -> list[str]:
+        return [json.dumps({"type": "unsubscribe", "product_ids": list(symbols), "channels": ["matches"]})] \
+            if symbols else []
+
+    def parse(self, text: str) -> StreamFrame:
+        message, bad = decode_frame(text, dict)
+        if bad:
+            return bad
+        kind = message.get("type")
+        if kind == "error":
+            return StreamFrame(error=PermanentError(
+                f"coinbase stream: {message.get('message')} ({message.get('reason')})", provider="coinbase"))
+        if kind not in ("match", "last_match"):
+            return StreamFrame()
+        trade_id = message.get("trade_id")
+        return StreamFrame(records=[{
+            "source": "coinbase", "symbol": message.get("product_id"), "ts": intraday_ts(message.get("time")),
+            "trade_id": str(trade_id) if trade_id is not None else None, "price": number(message.get("price")),
+            "size": number(message.get("size")), "conditions": None, "exchange": None}])
+
+
 PROVIDER = ProviderSpec(
     name="coinbase",
     default_base_url="https://api.exchange.coinbase.com",
     fetchers={"bars": CoinbaseCandlesFetcher},
+    streams={"trades": CoinbaseMatchesStream},
     default_rate_limit="10/second",  # public endpoints
-    description="Coinbase Exchange public candles (keyless crypto)",
+    description="Coinbase Exchange public candles and the matches (trades) stream: keyless crypto",
 )

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from stockpulse.errors import PermanentError
-from stockpulse.providers.base import Fetcher, ProviderSpec, Query, StreamFrame, TradeStream
+from stockpulse.providers.base import Fetcher, ProviderSpec, Query, StreamFrame, TradeStream, decode_frame
 
 
 def epoch_seconds_iso(value: Any) -> Any:
@@ -128,12 +128,9 @@ class FinnhubTradeStream(TradeStream):
         return [json.dumps({"type": "unsubscribe", "symbol": s}) for s in symbols]
 
     def parse(self, text: str) -> StreamFrame:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return StreamFrame(malformed="frame is not valid JSON")
-        if not isinstance(message, dict):
-            return StreamFrame(malformed="frame is not a JSON object")
+        message, bad = decode_frame(text, dict)
+        if bad:
+            return bad
         kind = message.get("type")
         if kind == "ping":
             return StreamFrame()
