@@ -25,5 +25,17 @@ def route_task(name: str, args: Any, kwargs: Any, options: Any, task: Any = None
 
         pipelines = get_settings().pipelines
         if pipeline in pipelines:
-            return {"queue": pipelines[pipeline].queue}
+            pipe = pipelines[pipeline]
+            if name.startswith("stockpulse.pipeline.") and is_stream(pipe):
+                # A stream pipeline's REST runs (gap fills, backfills) must not wait behind, or take the
+                # threads of, the long-lived consumers on its own queue.
+                return {"queue": str(pipe.options.get("backfill_queue", "historical"))}
+            return {"queue": pipe.queue}
     return None
+
+
+def is_stream(pipe: Any) -> bool:
+    from stockpulse.providers import PROVIDERS
+
+    spec = PROVIDERS.get(pipe.provider)
+    return spec is not None and pipe.data_type in spec.streams

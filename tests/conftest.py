@@ -47,6 +47,10 @@ def _start_redis() -> str:
     return _private_redis.url.replace("/0", "/9")
 
 
+STREAM_TIMINGS = {"flush_ms": 50, "silence_s": 3, "lease_ttl_s": 4, "backoff_base_s": 0.2, "backoff_cap_s": 1,
+                  "max_session_s": 600, "config_check_s": 0.5}
+
+
 def test_config(sim_url: str, ws_url: str = "") -> dict[str, Any]:
     # Quotas and breakers have their own tests; elsewhere they must not get in the way.
     # Stage-level retries are what most tests exercise, so requests are not retried in place here.
@@ -64,10 +68,11 @@ def test_config(sim_url: str, ws_url: str = "") -> dict[str, Any]:
         "payloads": {"inline_max_bytes": 4096, "ttl_s": 3600},
         "providers": {
             "alpaca": {"base_url": sim_url, "api_key": "test-key", "api_secret": "test-secret", "timeout_s": 5,
-                       "options": {"page_limit": 700}, **unlimited},
+                       "options": {"page_limit": 700, "ws_url": ws_url}, **unlimited},
             "polygon": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
             "alphavantage": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited},
-            "coinbase": {"base_url": sim_url, "timeout_s": 5, **unlimited},
+            "coinbase": {"base_url": sim_url, "timeout_s": 5, "options": {"ws_url": f"{ws_url}/coinbase"},
+                         **unlimited},
             "finnhub": {"base_url": sim_url, "api_key": "test-key", "timeout_s": 5, **unlimited,
                         "options": {"ws_url": ws_url}},
             "sec": {"base_url": sim_url, "timeout_s": 5, "user_agent": "StockPulse tests tests@example.com",
@@ -96,8 +101,15 @@ def test_config(sim_url: str, ws_url: str = "") -> dict[str, Any]:
                                       "symbols": "test_equities"},
             # Short timings so reconnects, silences and takeovers happen within a test.
             "finnhub_trades": {"data_type": "trades", "provider": "finnhub", "symbols": "test_equities",
-                               "options": {"flush_ms": 50, "silence_s": 3, "lease_ttl_s": 4, "backoff_base_s": 0.2,
-                                           "backoff_cap_s": 1, "max_session_s": 600}},
+                               "options": STREAM_TIMINGS},
+            # Off unless a test turns them on (the supervisor starts every enabled stream).
+            "crypto_trades": {"enabled": False},  # the default config's keyless stream
+            "alpaca_trades": {"data_type": "trades", "provider": "alpaca", "symbols": "test_equities",
+                              "enabled": False,
+                              # The simulator trades around the clock; tests must not depend on the hour.
+                              "options": {**STREAM_TIMINGS, "gap_margin_s": 0.5, "calendar": "none"}},
+            "coinbase_trades": {"data_type": "trades", "provider": "coinbase", "symbols": "test_crypto",
+                                "enabled": False, "options": STREAM_TIMINGS},
             "rss_news": {"data_type": "news", "provider": "rss", "symbols": "test_equities",
                          "options": {"lookback_days": 7, "overlap_days": 1}},
         },

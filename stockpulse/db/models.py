@@ -110,8 +110,9 @@ pipeline_run_batches = Table(
     Column("run_id", String(36), primary_key=True),
     Column("batch_no", Integer, primary_key=True),
     Column("symbols", JSON, nullable=False),
-    Column("start", String(10), nullable=False),
-    Column("end", String(10), nullable=False),
+    # ISO dates; for a stream's gap fill, ISO datetimes of the exact window.
+    Column("start", String(40), nullable=False),
+    Column("end", String(40), nullable=False),
     Column("status", String(16), nullable=False),  # queued | running | loaded | failed
     Column("fetched", Integer, nullable=False, default=0),
     Column("valid", Integer, nullable=False, default=0),
@@ -283,7 +284,8 @@ stream_gaps = Table(
     Column("started_at", UTCDateTime(), nullable=False),
     Column("ended_at", UTCDateTime(), nullable=False),
     Column("reason", Text, nullable=False),
-    Column("resolution", String(32), nullable=False),  # reported (no REST source) | backfill queued
+    # reported (no REST source, or the fill could not start) | backfill queued | market closed (nothing traded)
+    Column("resolution", String(32), nullable=False),
     Column("backfill_run_id", String(36)),
     Index("ix_stream_gaps_pipeline_started", "pipeline", "started_at"),
 )

@@ -72,6 +72,13 @@ def metrics() -> SimpleNamespace:
                             "stream_gaps)", PIPELINE_LABELS),
         stream_gap_seconds=Counter("stockpulse_stream_gap_seconds_total", "Seconds without data across gaps",
                                    PIPELINE_LABELS),
+        stream_backlog=Gauge("stockpulse_stream_backlog_ticks", "Ticks received and waiting in memory for their "
+                             "commit", [*PIPELINE_LABELS, "shard"], multiprocess_mode="livesum"),
+        stream_lag=Gauge("stockpulse_stream_load_lag_seconds", "Age of the oldest received tick not yet committed "
+                         "(0 when the backlog is empty)", [*PIPELINE_LABELS, "shard"], multiprocess_mode="livemax"),
+        stream_spilled=Counter("stockpulse_stream_spilled_ticks_total", "Ticks spilled to Redis because the "
+                               "in-memory backlog was full, the lease was lost or the consumer stopped",
+                               PIPELINE_LABELS),
     )
 
 
@@ -124,6 +131,7 @@ def initialise() -> None:
                 m.stream_consumers.labels(**labels, state=state).inc(0)
             m.stream_gaps.labels(**labels).inc(0)
             m.stream_gap_seconds.labels(**labels).inc(0)
+            m.stream_spilled.labels(**labels).inc(0)
 
 
 @safely
@@ -193,6 +201,18 @@ def stream_gap(pipeline: str, seconds: float) -> None:
     m, labels = metrics(), labels_for(pipeline)
     m.stream_gaps.labels(**labels).inc()
     m.stream_gap_seconds.labels(**labels).inc(max(seconds, 0.0))
+
+
+@safely
+def stream_backlog(pipeline: str, shard: str, ticks: int, lag_s: float) -> None:
+    m, labels = metrics(), labels_for(pipeline)
+    m.stream_backlog.labels(**labels, shard=shard).set(ticks)
+    m.stream_lag.labels(**labels, shard=shard).set(lag_s)
+
+
+@safely
+def stream_spilled(pipeline: str, ticks: int) -> None:
+    metrics().stream_spilled.labels(**labels_for(pipeline)).inc(ticks)
 
 
 @safely

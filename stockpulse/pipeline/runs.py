@@ -22,7 +22,7 @@ from stockpulse.db.models import pipeline_runs as runs_t
 from stockpulse.db.models import watermarks as watermarks_t
 from stockpulse.errors import ConfigError, utcnow
 
-TRIGGERS = ("schedule", "manual", "backfill", "replay")
+TRIGGERS = ("schedule", "manual", "backfill", "replay", "gap_fill")
 FINAL = ("succeeded", "partial", "failed")
 # `stockpulse run --full-refresh` starts here: before any provider's history (EDGAR's XBRL data starts 2009).
 FULL_REFRESH_START = date(1990, 1, 1)
@@ -96,6 +96,31 @@ def start_run(pipeline: str, *, symbols: list[str] | None = None, trigger: str =
     return run_id
 
 
+def start_gap_fill(pipeline: str, symbols: tuple[str, ...], since: datetime, until: datetime) -> str:
+    """A run (trigger ``gap_fill``) fetching exactly [since, until] over the provider's REST API for the
+    symbols of a stream shard that was not receiving; its batches carry the window as ISO datetimes."""
+    from stockpulse.pipeline.tasks import chain_from
+
+    pipe = get_settings().pipeline(pipeline)
+    window = (since.astimezone(UTC).isoformat(), until.astimezone(UTC).isoformat())
+    plans = [BatchPlan(n, tuple(symbols[i:i + pipe.batch_size]), since.date(), until.date())
+             for n, i in enumerate(range(0, len(symbols), pipe.batch_size))]
+    with get_engine().begin() as conn:
+        run_id = _create_run(conn, pipe, "gap_fill", plans, {
+            "symbols": list(symbols), "since": window[0], "until": window[1], "interval": pipe.interval},
+            window=window)
+    _enqueue(run_id, [chain_from("fetch", None, run_id, p.batch_no, pipe.name) for p in plans])
+    return run_id
+
+
+def batch_window(batch: Any) -> tuple[date, date, datetime | None, datetime | None]:
+    """A batch's (start, end) days and, for a gap fill, its exact (since, until)."""
+    if len(batch.start) > 10:
+        since, until = datetime.fromisoformat(batch.start), datetime.fromisoformat(batch.end)
+        return since.date(), until.date(), since, until
+    return date.fromisoformat(batch.start), date.fromisoformat(batch.end), None, None
+
+
 def start_replay(entry: Any) -> tuple[str, str]:
     """A new run (trigger ``replay``) for a dead-lettered batch, from its failed stage when that stage's
     stored input is still there, else from fetch. Returns (run id, first stage)."""
@@ -105,11 +130,12 @@ def start_replay(entry: Any) -> tuple[str, str]:
     pipe = get_settings().pipeline(entry.pipeline)
     with get_engine().begin() as conn:
         original = load_batch(conn, entry.run_id, entry.batch_no)
-        plan = BatchPlan(0, tuple(original.symbols), date.fromisoformat(original.start),
-                         date.fromisoformat(original.end))
+        start_d, end_d, since, until = batch_window(original)
+        plan = BatchPlan(0, tuple(original.symbols), start_d, end_d)
         run_id = _create_run(conn, pipe, "replay", [plan], {
             "symbols": list(plan.symbols), "start": original.start, "end": original.end, "interval": pipe.interval,
-            "replay_of": entry.id, "original_run": entry.run_id, "original_batch": entry.batch_no})
+            "replay_of": entry.id, "original_run": entry.run_id, "original_batch": entry.batch_no},
+            window=(original.start, original.end) if since else None)
     stage, stage_input = "fetch", None
     handles = [entry.stage_input] if entry.stage == "transform" else \
         [(entry.stage_input or {}).get("rows"), (entry.stage_input or {}).get("fetched")]
@@ -120,7 +146,7 @@ def start_replay(entry: Any) -> tuple[str, str]:
 
 
 def _create_run(conn: Connection, pipe: PipelineSettings, trigger: str, plans: list[BatchPlan],
-                params: dict[str, Any]) -> str:
+                params: dict[str, Any], window: tuple[str, str] | None = None) -> str:
     run_id = str(uuid.uuid4())
     conn.execute(runs_t.insert().values(
         id=run_id, pipeline=pipe.name, data_type=pipe.data_type, provider=pipe.provider, trigger=trigger,
@@ -128,8 +154,9 @@ def _create_run(conn: Connection, pipe: PipelineSettings, trigger: str, plans: l
         records_fetched=0, records_loaded=0, records_rejected=0, task_ids=[], params=params,
     ))
     conn.execute(batches_t.insert(), [
-        {"run_id": run_id, "batch_no": p.batch_no, "symbols": list(p.symbols), "start": p.start.isoformat(),
-         "end": p.end.isoformat(), "status": "queued", "fetched": 0, "valid": 0, "rejected": 0, "loaded": 0,
+        {"run_id": run_id, "batch_no": p.batch_no, "symbols": list(p.symbols),
+         "start": window[0] if window else p.start.isoformat(), "end": window[1] if window else p.end.isoformat(),
+         "status": "queued", "fetched": 0, "valid": 0, "rejected": 0, "loaded": 0,
          "attempts": {}, "task_ids": {}, "updated_at": utcnow()}
         for p in plans
     ])

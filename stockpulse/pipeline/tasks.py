@@ -151,8 +151,9 @@ def _context(run_id: str, batch_no: int, pipeline: str) -> tuple[Any, Any, Query
     if batch is None or batch.run_id != run_id or batch.batch_no != batch_no:
         with get_engine().connect() as conn:
             batch = runs.load_batch(conn, run_id, batch_no)
-    query = Query(symbols=tuple(batch.symbols), interval=pipe.interval, start=date.fromisoformat(batch.start),
-                  end=date.fromisoformat(batch.end), options=dict(pipe.options))
+    start, end, since, until = runs.batch_window(batch)
+    query = Query(symbols=tuple(batch.symbols), interval=pipe.interval, start=start, end=end,
+                  options=dict(pipe.options), since=since, until=until)
     return pipe, batch, query
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -12,59 +11,10 @@ import pytest
 
 from stockpulse.errors import PermanentError
 from tests.conftest import Stack, start_worker, table_rows
+from tests.streams.helpers import Running, sent, stored, wait_until
 
 pytestmark = pytest.mark.integration
 PIPELINE = "finnhub_trades"
-
-
-def stored() -> list[tuple]:
-    return sorted((r.symbol, int(round(r.ts.timestamp() * 1000)), r.price, r.size) for r in table_rows("trades"))
-
-
-def sent(sim: Any) -> list[tuple]:
-    return sorted((s, t, p, v) for s, t, p, v, _c in sim.streamed()["sent"])
-
-
-def wait_until(check: Any, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-class Running:
-    """A consumer in a thread of this process (the worker-level tests start real workers)."""
-
-    def __init__(self, **kwargs: Any):
-        from stockpulse.streams.consumer import StreamConsumer
-
-        self.stop = threading.Event()
-        self.consumer = StreamConsumer(PIPELINE, 0, stop=self.stop, **kwargs)
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.consumer.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self) -> Any:
-        self.stop.set()
-        self.thread.join(15)
-        assert not self.thread.is_alive()
-        return self.consumer.result
-
-
-@pytest.fixture()
-def stream(clean_stack: Stack, sim: Any, redis_client: Any) -> Any:
-    sim.stream("reset")
-    for key in redis_client.scan_iter("stockpulse:stream:*"):
-        redis_client.delete(key)
-    yield sim
-    sim.stream("reset")
 
 
 def test_every_tick_sent_is_stored_once_across_a_drop_and_a_malformed_frame(stream: Any) -> None:
@@ -89,6 +39,7 @@ def test_every_tick_sent_is_stored_once_across_a_drop_and_a_malformed_frame(stre
 
 
 def test_a_replayed_frame_loads_nothing_twice(stream: Any) -> None:
+    from stockpulse.streams.backlog import Batch
     from stockpulse.streams.consumer import StreamConsumer
 
     consumer = StreamConsumer(PIPELINE, 0)
@@ -98,7 +49,8 @@ def test_a_replayed_frame_loads_nothing_twice(stream: Any) -> None:
              '{"c":null,"p":129.58,"s":"MSFT","t":1672348887666,"v":4}],"type":"trade"}')
     for _ in range(3):
         consumer._take(frame)
-        consumer._flush()
+        batch, consumer.batch, consumer.buffered = consumer.batch, Batch(), 0
+        consumer._load(batch)
     consumer.lease.release()
     rows = table_rows("trades")
     assert len(rows) == 3  # two identical trades in one frame are two trades; replays add nothing
@@ -168,6 +120,9 @@ def test_a_killed_worker_s_shard_is_taken_over_within_the_lease_ttl(stream: Any,
         rows, went_out = stored(), set(sent(stream))
         assert len(rows) == len(set(rows)) and set(rows) <= went_out  # nothing twice, nothing invented
         assert took_over < 4 + 15
+        # The window since the killed consumer's last commit is recorded (Finnhub: reported, no REST source).
+        takeover = [g for g in table_rows("stream_gaps") if g.reason == "consumer takeover"]
+        assert takeover and takeover[0].resolution == "reported"
         # Ticks the killed worker had received but not yet committed (< one flush) are the only ones missing;
         # Finnhub has no REST source to backfill them from.
     finally:
@@ -181,7 +136,8 @@ def test_stream_metrics_and_ticks_latency(stream: Any) -> None:
     running = Running()
     wait_until(lambda: running.consumer.result.loaded >= 100, "100 ticks")
     running.finish()
-    samples = {s.name: s for m in metrics.metrics().latency.collect() for s in m.samples}
+    samples = {s.name: s for m in metrics.metrics().latency.collect() for s in m.samples
+               if s.labels["pipeline"] == PIPELINE}
     assert samples["stockpulse_ingestion_latency_seconds_count"].value >= 100
     newest = max(r.ts for r in table_rows("trades"))
     assert (datetime.now(UTC) - newest).total_seconds() < 30
@@ -193,3 +149,108 @@ def test_a_stream_pipeline_cannot_be_run_as_a_batch_chain() -> None:
 
     with pytest.raises(ConfigError, match="is a stream"):
         start_run(PIPELINE)
+
+
+# ------------------------------------------------------------------------------------------ Alpaca
+
+
+def alpaca_trade_ids(symbol: str) -> list[str]:
+    return sorted((r.trade_id for r in table_rows("trades") if r.source == "alpaca" and r.symbol == symbol), key=int)
+
+
+def test_alpaca_trades_and_minute_bars_stream_in_and_a_drop_is_filled_over_rest(
+        stream: Any, enable: Any, clean_stack: Stack) -> None:
+    from stockpulse.sim.data import tape_trades
+
+    enable("alpaca_trades")
+    running = Running("alpaca_trades")
+    wait_until(lambda: running.consumer.result.loaded >= 60, "trades over the Alpaca stream")
+    stream.stream("bars")  # the minute's bar so far, for each symbol subscribed to bars
+    wait_until(lambda: running.consumer.result.extra_loaded.get("bars", 0) >= 3, "minute bars")
+    stream.stream("drop")
+    wait_until(lambda: running.consumer.result.connects >= 2, "a reconnect")
+    wait_until(lambda: [r for r in table_rows("pipeline_runs") if r.status == "succeeded"], "the gap fill run",
+               timeout=60)
+    loaded = running.consumer.result.loaded
+    wait_until(lambda: running.consumer.result.loaded > loaded + 30, "trades after the reconnect")
+    stream.stream("pause")
+    time.sleep(0.5)
+    running.finish()
+    assert running.error is None
+    [gap] = table_rows("stream_gaps")
+    assert gap.resolution == "backfill queued" and gap.reason.startswith("WebSocket")
+    [run] = table_rows("pipeline_runs")
+    assert (run.id, run.trigger, run.status) == (gap.backfill_run_id, "gap_fill", "succeeded")
+    assert run.records_loaded > 0  # trades only the REST fill brought in
+    # Every trade of the tape between the first and the last stored one is there, once: the gap is closed.
+    for symbol in ("AAPL", "MSFT", "IBM"):
+        rows = [r for r in table_rows("trades") if r.source == "alpaca" and r.symbol == symbol]
+        first, last = min(r.ts for r in rows), max(r.ts for r in rows)
+        # A trade's time is its tape slot's time plus under 1 ms (and stored to the microsecond).
+        tape = tape_trades(symbol, int(first.timestamp()) * 10**9 + first.microsecond * 1000 - 10**6,
+                           int(last.timestamp()) * 10**9 + last.microsecond * 1000 + 1000, 20)
+        assert alpaca_trade_ids(symbol) == [str(t.slot) for t in tape]
+        assert {r.exchange for r in rows} == {"V"} and {r.conditions for r in rows} == {"@"}
+    bars = [b for b in table_rows("bars") if b.source == "alpaca"]
+    assert {b.symbol for b in bars} == {"AAPL", "MSFT", "IBM"} and {b.interval for b in bars} == {"1m"}
+    assert all(b.ts.second == 0 and b.low <= b.open <= b.high for b in bars)
+
+
+def test_alpaca_connection_limit_reconnects_and_auth_failure_stops(stream: Any, enable: Any) -> None:
+    enable("alpaca_trades")
+    running = Running("alpaca_trades")
+    wait_until(lambda: running.consumer.result.loaded > 0, "trades")
+    stream.stream("error", code=406)  # connection limit exceeded: the server closes; worth a retry
+    wait_until(lambda: running.consumer.result.connects >= 2, "a reconnect after error 406")
+    stream.stream("reject")  # from now on the simulator answers auth with 402 auth failed
+    stream.stream("drop")
+    running.thread.join(15)
+    assert not running.thread.is_alive()
+    assert isinstance(running.error, PermanentError) and "402: auth failed" in str(running.error)
+    assert "402" in running.consumer.result.ended
+
+
+def test_a_symbol_changed_in_config_is_resubscribed_without_a_reconnect(stream: Any, enable: Any,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    enable("alpaca_trades")
+    running = Running("alpaca_trades")
+    wait_until(lambda: running.consumer.result.loaded > 0, "trades")
+    monkeypatch.setenv("STOCKPULSE_PIPELINES__ALPACA_TRADES__SYMBOLS", "[AAPL, NVDA]")
+    wait_until(lambda: alpaca_trade_ids("NVDA"), "trades of the symbol added in config")
+    changed = datetime.now(UTC)
+    time.sleep(1.0)
+    running.finish()
+    assert running.consumer.result.connects == 1 and running.consumer.symbols == ("AAPL", "NVDA")
+    late = [r for r in table_rows("trades") if r.symbol in ("MSFT", "IBM") and r.ts > changed]
+    assert not late  # unsubscribed: nothing of the removed symbols after the change
+
+
+# ---------------------------------------------------------------------------------------- Coinbase
+
+
+def test_coinbase_matches_stream_without_a_key_and_its_gaps_are_reported(stream: Any, enable: Any) -> None:
+    enable("coinbase_trades")
+    running = Running("coinbase_trades")
+    wait_until(lambda: running.consumer.result.loaded >= 40, "matches")
+    stream.stream("drop")
+    wait_until(lambda: running.consumer.result.connects >= 2, "a reconnect")
+    loaded = running.consumer.result.loaded
+    wait_until(lambda: running.consumer.result.loaded > loaded + 10, "matches after the reconnect")
+    running.finish()
+    rows = [r for r in table_rows("trades") if r.source == "coinbase"]
+    assert {r.symbol for r in rows} == {"BTC-USD", "ETH-USD"}
+    # last_match after the reconnect repeats a trade already loaded: an upsert, not a second row.
+    assert len({(r.symbol, r.trade_id) for r in rows}) == len(rows) >= running.consumer.result.loaded - 2
+    assert all(0 < r.size < 1 and r.price > 0 for r in rows)  # "0.04600000" strings became numbers
+    [gap] = table_rows("stream_gaps")
+    assert gap.resolution == "reported" and gap.backfill_run_id is None  # no REST trades source
+
+
+def test_silence_while_the_market_is_closed_is_not_a_dead_stream(enable: Any) -> None:
+    from stockpulse.streams.consumer import StreamConsumer
+
+    enable("alpaca_trades", calendar="XNYS")
+    consumer = StreamConsumer("alpaca_trades", 0)
+    assert consumer.silence_is_death(datetime(2026, 12, 2, 17, 0, tzinfo=UTC))  # in session: reconnect
+    assert not consumer.silence_is_death(datetime(2026, 11, 26, 17, 0, tzinfo=UTC))  # Thanksgiving: wait
+    assert StreamConsumer("coinbase_trades", 0).calendar is None  # crypto never closes
