@@ -120,6 +120,11 @@ def _simulated_providers(settings: Any) -> list[str]:
     return sorted(name for name in used if PROVIDERS[name].required_secrets and not settings.provider(name).api_key)
 
 
+def sim_ws_url(provider: str, ws_url: str) -> str:
+    """The simulator's websocket URL for ``provider`` (one port, one path per protocol)."""
+    return f"{ws_url}/coinbase" if provider == "coinbase" else ws_url
+
+
 def _terminate(children: list[tuple[str, subprocess.Popen]], timeout: float = 20.0) -> None:
     for _, proc in reversed(children):
         if proc.poll() is None:
@@ -180,10 +185,11 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
 
         simulated = _simulated_providers(settings)
         if simulated:
-            _server, sim_url = serve_in_thread("127.0.0.1", sim_port, state_from_settings())
+            sim_server, sim_url = serve_in_thread("127.0.0.1", sim_port, state_from_settings())
             for name in simulated:
                 prefix = f"STOCKPULSE_PROVIDERS__{name.upper()}__"
                 env[prefix + "BASE_URL"] = sim_url
+                env[prefix + "OPTIONS__WS_URL"] = sim_ws_url(name, sim_server.ws_url)
                 env.setdefault(prefix + "API_KEY", SIM_KEY)
                 env.setdefault(prefix + "API_SECRET", SIM_SECRET)
             lines.append(f"simulator   {sim_url} (standing in for: {', '.join(simulated)})")
@@ -194,18 +200,24 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
         upgrade(settings.database_url)
         lines.append(f"database    {redact_url(settings.database_url)} (migrated)")
 
-        queues = sorted({q for g in load_worker_groups().values() for q in g.queues} | set(QUEUES))
+        # Stream consumers are long-lived: they get a threads-pool worker of their own (as in production,
+        # workers/workers.yaml) so they never hold the processes the batch chains run in.
+        queues = sorted(({q for g in load_worker_groups().values() for q in g.queues} | set(QUEUES)) - {"realtime"})
         celery = [sys.executable, "-m", "celery", "-A", "stockpulse"]
         stockpulse_cli = [sys.executable, "-m", "stockpulse.cli"]
         logs = var_dir / "logs"
         logs.mkdir(exist_ok=True)
         metrics_port = port_or_free(int(settings.metrics.get("port") or 9810))
+        realtime_metrics_port = port_or_free(metrics_port + 1)
         exporter_port = port_or_free(int(settings.exporter["port"]))
         flower_argv, flower_env = flower_command(settings, address="127.0.0.1", port=flower_port)
         worker_env = {**env, "STOCKPULSE_METRICS__PORT": str(metrics_port), "STOCKPULSE_METRICS__ADDRESS": "127.0.0.1"}
         specs = [
             ("worker", celery + ["worker", "-Q", ",".join(queues), "-c", "2", "-n", "standalone@%h", "-E",
                                  "-l", "INFO"], worker_env),
+            ("realtime", celery + ["worker", "-Q", "realtime", "-P", "threads", "-c", "8", "-n",
+                                   "standalone-realtime@%h", "-E", "-l", "INFO"],
+             {**worker_env, "STOCKPULSE_METRICS__PORT": str(realtime_metrics_port)}),
             ("beat", celery + ["beat", "-S", "redbeat.RedBeatScheduler", "-l", "INFO"], env),
             ("flower", flower_argv, {**env, **{k: v for k, v in flower_env.items() if k.startswith("FLOWER_")}}),
             ("exporter", stockpulse_cli + ["exporter", "--address", "127.0.0.1", "--port", str(exporter_port)], env),
@@ -216,6 +228,8 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
                                                     start_new_session=True)))
         lines.append(f"worker      queues {','.join(queues)}, metrics http://127.0.0.1:{metrics_port}/metrics, "
                      f"log {logs / 'worker.log'}")
+        lines.append(f"realtime    stream consumers (threads), metrics http://127.0.0.1:{realtime_metrics_port}/metrics, "
+                     f"log {logs / 'realtime.log'}")
         lines.append(f"beat        RedBeat, schedules from beat_schedule.yaml, log {logs / 'beat.log'}")
         auth = "basic auth from flower.basic_auth" if settings.flower.get("basic_auth") else "no auth: loopback only"
         lines.append(f"flower      http://127.0.0.1:{flower_port} ({auth}), log {logs / 'flower.log'}")
@@ -223,12 +237,18 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
                      f"log {logs / 'exporter.log'}")
         lines.append("status      `stockpulse status` for the quick look")
 
+        from stockpulse.celery_app import app
         from stockpulse.pipeline.runs import start_run
+        from stockpulse.routing import is_stream
 
         for name, pipe in sorted(settings.pipelines.items()):
-            if pipe.enabled:
+            if pipe.enabled and is_stream(pipe):
+                lines.append(f"stream      {name}: {pipe.provider} {', '.join(pipe.symbols)}")
+            elif pipe.enabled:
                 run_id = start_run(name, trigger="manual")
                 lines.append(f"first run   {name}: {run_id}")
+        # Streams start now rather than at beat's first supervisor tick.
+        app.send_task("stockpulse.maintenance.supervise_streams")
         print("StockPulse standalone is up:\n  " + "\n  ".join(lines), flush=True)
         print("`stockpulse runs` lists runs; Ctrl-C stops everything.", flush=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -89,6 +90,15 @@ def test_standalone_from_nothing_loads_bars_and_stops_cleanly(tmp_path: Path) ->
         assert any("redis-server" in n for n in names)
         assert any(" worker " in n for n in names) and any(" beat " in n for n in names)
         assert any(" flower " in n for n in names) and any(" exporter " in n for n in names)
+        assert any("-P threads" in n and "standalone-realtime@" in n for n in names)
+        # The keyless default stream (Coinbase matches, here the simulator's) loads trades with no key set.
+        db = sqlite3.connect(tmp_path / "var" / "stockpulse.db")
+        try:
+            while db.execute("SELECT count(*) FROM trades WHERE source = 'coinbase'").fetchone()[0] == 0:
+                assert time.monotonic() < deadline + 30, "no trades from the default crypto stream"
+                time.sleep(1)
+        finally:
+            db.close()
         status = subprocess.run([sys.executable, "-m", "stockpulse.cli", "status"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
