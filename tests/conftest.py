@@ -48,7 +48,7 @@ def _start_redis() -> str:
 
 
 STREAM_TIMINGS = {"flush_ms": 50, "silence_s": 3, "lease_ttl_s": 4, "backoff_base_s": 0.2, "backoff_cap_s": 1,
-                  "max_session_s": 600, "config_check_s": 0.5}
+                  "max_session_s": 600, "config_check_s": 0.5, "ping_s": 1}
 
 
 def test_config(sim_url: str, ws_url: str = "") -> dict[str, Any]:

@@ -77,8 +77,8 @@ class CoinbaseCandlesFetcher(Fetcher):
 
 
 class CoinbaseMatchesStream(TradeStream):
-    """Coinbase Exchange websocket feed, ``matches`` channel: subscribe within 5 s with
-    ``{"type":"subscribe","product_ids":[..],"channels":["matches"]}``; the server confirms with
+    """Coinbase Exchange websocket feed, ``matches`` and ``heartbeat`` channels: subscribe within 5 s with
+    ``{"type":"subscribe","product_ids":[..],"channels":["matches","heartbeat"]}``; the server confirms with
     ``subscriptions``, sends one ``last_match`` per product (a real trade, loaded too: loads are idempotent),
     then one ``match`` a frame: ``trade_id`` (unique per product), ``price``/``size`` as strings, ``time`` with
     microseconds, ``side`` the maker's side. ``error`` frames (an unknown product, a bad channel) are
@@ -88,12 +88,15 @@ class CoinbaseMatchesStream(TradeStream):
     def url(self) -> str:
         return str(self.settings.options.get("ws_url", "wss://ws-feed.exchange.coinbase.com"))
 
+    # heartbeat: one message a second per product, so a quiet market is not taken for a dead socket.
+    CHANNELS = ("matches", "heartbeat")
+
     def subscribe(self, symbols: tuple[str, ...]) -> list[str]:
-        return [json.dumps({"type": "subscribe", "product_ids": list(symbols), "channels": ["matches"]})] \
+        return [json.dumps({"type": "subscribe", "product_ids": list(symbols), "channels": list(self.CHANNELS)})] \
             if symbols else []
 
     def unsubscribe(self, symbols: tuple[str, ...]) -> list[str]:
-        return [json.dumps({"type": "unsubscribe", "product_ids": list(symbols), "channels": ["matches"]})] \
+        return [json.dumps({"type": "unsubscribe", "product_ids": list(symbols), "channels": list(self.CHANNELS)})] \
             if symbols else []
 
     def parse(self, text: str) -> StreamFrame:

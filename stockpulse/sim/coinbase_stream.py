@@ -1,7 +1,9 @@
-"""Coinbase Exchange websocket feed (``/coinbase``), ``matches`` channel, as docs.cdp.coinbase.com describes it.
+"""Coinbase Exchange websocket feed (``/coinbase``), ``matches`` and ``heartbeat`` channels, as
+docs.cdp.coinbase.com describes them.
 
 Keyless. The client must subscribe within 5 s (``{"type":"subscribe","product_ids":[..],"channels":
-["matches"]}``; channels may also be ``{"name":..,"product_ids":[..]}`` objects) or it is disconnected. The
+["matches","heartbeat"]}``; channels may also be ``{"name":..,"product_ids":[..]}`` objects) or it is
+disconnected; ``heartbeat`` sends one message a second per product (``last_trade_id``, ``sequence``). The
 server answers ``{"type":"subscriptions","channels":[{"name":"matches","product_ids":[..]}]}``, then one
 ``last_match`` per product, then ``match`` messages, one a frame, with ``price`` and ``size`` as strings and
 ``side`` the maker's side. Errors are ``{"type":"error","message":..,"reason":..}``.
@@ -42,14 +44,22 @@ def _products(request: dict[str, Any]) -> list[str]:
     return products
 
 
-def _wants_matches(request: dict[str, Any]) -> bool:
-    return any(c == "matches" or (isinstance(c, dict) and c.get("name") == "matches")
-               for c in request.get("channels") or [])
+def _channels(request: dict[str, Any]) -> set[str]:
+    return {c if isinstance(c, str) else c.get("name") for c in request.get("channels") or []
+            if isinstance(c, str) or isinstance(c, dict)}
+
+
+def heartbeat_message(product: str, now_ns: int, rate: int) -> dict[str, Any]:
+    last = tape_trades(product, now_ns - 10_000_000_000, now_ns, rate)
+    seconds = now_ns // 1_000_000_000
+    return {"type": "heartbeat", "last_trade_id": last[-1].slot if last else 0, "product_id": product,
+            "sequence": last[-1].slot * 3 + 2 if last else 0,
+            "time": f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.000000Z"}
 
 
 def coinbase_session(control: StreamControl, ws: ServerConnection) -> None:
     cursor, connected_at = TapeCursor(control), time.monotonic()
-    subscribed_once = False
+    subscribed_once, heartbeats, next_heartbeat = False, False, time.monotonic()
     with Connected(control):
         try:
             while True:
@@ -62,7 +72,9 @@ def coinbase_session(control: StreamControl, ws: ServerConnection) -> None:
                         ws.send(json.dumps({"type": "error", "message": "Failed to parse message",
                                             "reason": "malformed JSON"}))
                         continue
-                    if kind not in ("subscribe", "unsubscribe") or not _wants_matches(request):
+                    channels = _channels(request)
+                    if kind not in ("subscribe", "unsubscribe") or "matches" not in channels \
+                            or channels - {"matches", "heartbeat"}:
                         ws.send(json.dumps({"type": "error", "message": "Failed to subscribe",
                                             "reason": f"unsupported message or channel: {text[:100]}"}))
                         continue
@@ -70,12 +82,13 @@ def coinbase_session(control: StreamControl, ws: ServerConnection) -> None:
                     if kind == "subscribe":
                         fresh = [p for p in products if p not in cursor.next_ns]
                         cursor.add(products)
-                        subscribed_once = True
+                        subscribed_once, heartbeats = True, heartbeats or "heartbeat" in channels
                     else:
                         fresh = []
                         cursor.remove(products)
                     ws.send(json.dumps({"type": "subscriptions", "channels": [
-                        {"name": "matches", "product_ids": sorted(cursor.next_ns)}]}))
+                        {"name": name, "product_ids": sorted(cursor.next_ns)}
+                        for name in (("matches", "heartbeat") if heartbeats else ("matches",))]}))
                     now = time.time_ns()
                     for product in fresh:
                         last = tape_trades(product, now - 10_000_000_000, now, control.tape_rate)
@@ -90,6 +103,10 @@ def coinbase_session(control: StreamControl, ws: ServerConnection) -> None:
                 if action and action["action"] == "error":
                     ws.send(json.dumps({"type": "error", "message": action.get("msg", "Failed to subscribe"),
                                         "reason": action.get("reason", "BTC-XYZ is not a valid product")}))
+                if heartbeats and not control.paused and time.monotonic() >= next_heartbeat:
+                    next_heartbeat = time.monotonic() + 1.0
+                    for product in sorted(cursor.next_ns):
+                        ws.send(json.dumps(heartbeat_message(product, time.time_ns(), control.tape_rate)))
                 for trade in cursor.due():
                     ws.send(json.dumps(match_message(trade), separators=(",", ":")))
         except Exception:  # the client went away

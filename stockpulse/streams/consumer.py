@@ -51,6 +51,7 @@ class StreamOptions:
     flush_ms: float = 100.0
     flush_max: int = 1000
     silence_s: float = 30.0
+    ping_s: float = 20.0  # websocket ping frames keep idle connections open through proxies and NATs
     lease_ttl_s: float = 60.0
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
@@ -203,6 +204,7 @@ class StreamConsumer:
         now = time.monotonic()
         next_flush, next_renew, last_frame = now + flush_every, now + renew_every, now
         next_config = now + self.options.config_check_s
+        next_ping = now + self.options.ping_s
         while not self.stopping:
             if self.backlog.lost is not None:
                 raise self.backlog.lost
@@ -232,6 +234,9 @@ class StreamConsumer:
             if now >= next_config:
                 self._follow_config(ws)
                 next_config = now + self.options.config_check_s
+            if now >= next_ping:
+                ws.ping()
+                next_ping = now + self.options.ping_s
 
     def _follow_config(self, ws: Any) -> None:
         """Subscribe/unsubscribe on the live connection when the pipeline's symbols changed in config."""

@@ -61,7 +61,7 @@ def test_stream_subscribes_to_matches_without_a_key() -> None:
     stream = matches_stream()
     assert stream.url() == "wss://ws-feed.exchange.coinbase.com" and stream.handshake() == []
     assert json.loads(stream.subscribe(("BTC-USD", "ETH-USD"))[0]) == {
-        "type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channels": ["matches"]}
+        "type": "subscribe", "product_ids": ["BTC-USD", "ETH-USD"], "channels": ["matches", "heartbeat"]}
 
 
 def test_a_real_match_becomes_a_valid_trade() -> None:
