@@ -90,7 +90,7 @@ def config_check() -> None:
     from stockpulse.schedule import load_beat_schedule
 
     settings = load_settings(check_secrets=True)
-    schedules = load_beat_schedule(settings=settings)
+    schedules = load_beat_schedule(settings=settings, include_disabled=False)
     click.echo(f"configuration OK: {len(settings.pipelines)} pipelines, {len(settings.providers)} providers, "
                f"{len(schedules)} enabled schedules")
 
@@ -141,12 +141,141 @@ def pipelines() -> None:
     schedules: dict[str, list[str]] = {}
     for name, entry in load_beat_schedule(settings=settings).items():
         if "pipeline" in entry["kwargs"]:
-            schedules.setdefault(entry["kwargs"]["pipeline"], []).append(f"{name} ({entry['schedule']})")
+            paused = "" if entry.get("enabled", True) else ", disabled in the file"
+            schedules.setdefault(entry["kwargs"]["pipeline"], []).append(f"{name} ({entry['schedule']}{paused})")
     table = Table("pipeline", "data type", "provider", "queue", "symbols", "enabled", "schedule")
     for name, pipe in sorted(settings.pipelines.items()):
         table.add_row(name, pipe.data_type, pipe.provider, pipe.queue, str(len(pipe.symbols)),
                       "yes" if pipe.enabled else "no", ", ".join(schedules.get(name, [])) or "-")
     Console(width=200).print(table)
+
+
+# -------------------------------------------------------------------------------------------- schedule
+
+
+@main.group()
+def schedule() -> None:
+    """RedBeat schedules, edited live: beat picks a change up within one tick, no restart.
+
+    Runtime edits win over beat_schedule.yaml until the file's entry changes; `schedule reset` re-applies
+    the file (docs/operations.md)."""
+
+
+def _schedule_table(infos: list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from stockpulse.schedules import age
+
+    last_runs = _last_runs({i.target for i in infos})
+    table = Table("name", "runs", "schedule", "state", "origin", "last run", "next run", "last run status")
+    for i in infos:
+        run = last_runs.get(i.target)
+        status = f"{run.status} ({run.trigger}, {age(run.created_at)})" if run else "-"
+        table.add_row(i.name, i.target, i.schedule, "active" if i.enabled else "paused", i.origin,
+                      age(i.last_run_at), age(i.next_run_at) if i.enabled else "-", status)
+    Console(width=200).print(table)
+
+
+def _last_runs(pipelines: set[str]) -> dict[str, Any]:
+    """The newest run of each pipeline, when the database is reachable (the table is useful without it)."""
+    from sqlalchemy import select
+
+    from stockpulse.db.engine import get_engine
+    from stockpulse.db.models import pipeline_runs as runs_t
+
+    try:
+        with get_engine().connect() as conn:
+            rows = conn.execute(select(runs_t.c.pipeline, runs_t.c.status, runs_t.c.trigger, runs_t.c.created_at)
+                                .where(runs_t.c.pipeline.in_(sorted(pipelines)))
+                                .order_by(runs_t.c.created_at)).all()
+    except Exception:
+        return {}
+    return {r.pipeline: r for r in rows}
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def schedule_list(as_json: bool) -> None:
+    """Every schedule in RedBeat: what it runs, when, last and next run, and the last run's status."""
+    from stockpulse.schedules import Schedules
+
+    store = Schedules()
+    infos = store.list()
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps(info.as_dict()))
+        return
+    _schedule_table(infos)
+    if store.deleted():
+        click.echo(f"deleted at runtime (back on `schedule reset` or when the file's entry changes): "
+                   f"{', '.join(store.deleted())}")
+
+
+@schedule.command("show")
+@click.argument("name")
+def schedule_show(name: str) -> None:
+    from stockpulse.schedules import Schedules
+
+    click.echo(json.dumps(Schedules().show(name).as_dict(), indent=2))
+
+
+@schedule.command("set")
+@click.argument("name")
+@click.option("--cron", help='Five fields: minute hour day month weekday, e.g. "30 18 * * 1-5".')
+@click.option("--every", help="An interval: 30s, 5m, 1h, 1d.")
+@click.option("--timezone", help="Must be the configured timezone (per-schedule zones are not supported).")
+@click.option("--pipeline", help="Creates the schedule when NAME does not exist yet.")
+def schedule_set(name: str, cron: str | None, every: str | None, timezone: str | None, pipeline: str | None) -> None:
+    """Change when NAME runs (or create it with --pipeline)."""
+    from stockpulse.schedules import Schedules
+
+    _schedule_table([Schedules().set(name, cron=cron, every=every, timezone=timezone, pipeline=pipeline)])
+
+
+@schedule.command("pause")
+@click.argument("name")
+def schedule_pause(name: str) -> None:
+    from stockpulse.schedules import Schedules
+
+    _schedule_table([Schedules().pause(name)])
+
+
+@schedule.command("resume")
+@click.argument("name")
+def schedule_resume(name: str) -> None:
+    """Active again from now on (slots missed while paused are not run; `run-now` runs one)."""
+    from stockpulse.schedules import Schedules
+
+    _schedule_table([Schedules().resume(name)])
+
+
+@schedule.command("delete")
+@click.argument("name")
+def schedule_delete(name: str) -> None:
+    from stockpulse.schedules import Schedules
+
+    Schedules().delete(name)
+    click.echo(f"deleted {name}")
+
+
+@schedule.command("run-now")
+@click.argument("name")
+def schedule_run_now(name: str) -> None:
+    """Run NAME's pipeline (or task) once now; its schedule is unchanged."""
+    from stockpulse.schedules import Schedules
+
+    click.echo(f"sent {name}: task {Schedules().run_now(name)}")
+
+
+@schedule.command("reset")
+@click.argument("names", nargs=-1)
+def schedule_reset(names: tuple[str, ...]) -> None:
+    """Re-apply beat_schedule.yaml over runtime edits (all entries, or NAMES)."""
+    from stockpulse.schedules import Schedules
+
+    for name, what in sorted(Schedules().reset(list(names)).items()):
+        click.echo(f"{name}: {what}")
 
 
 def _wait_for(run_ids: list[str], *, timeout: float, progress: bool = False) -> list[Any]:

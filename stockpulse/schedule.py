@@ -86,8 +86,10 @@ class BeatFileSchema(Schema):
                             values=fields.Nested(ScheduleEntrySchema), load_default=dict)
 
 
-def load_beat_schedule(path: Path | None = None, settings: Settings | None = None) -> dict[str, Any]:
-    """Celery ``beat_schedule`` entries for the enabled schedules in the file."""
+def load_beat_schedule(path: Path | None = None, settings: Settings | None = None, *,
+                       include_disabled: bool = True) -> dict[str, Any]:
+    """RedBeat ``beat_schedule`` entries for the schedules in the file; a disabled one is seeded paused
+    (``enabled: False``), so ``stockpulse schedule resume`` can turn it on."""
     settings = settings or get_settings()
     path = path or Path(settings.beat_schedule_path)
     if not path.exists():
@@ -101,11 +103,12 @@ def load_beat_schedule(path: Path | None = None, settings: Settings | None = Non
         raise ConfigError(f"{path}: invalid schedule file: {exc.messages}") from None
     entries: dict[str, Any] = {}
     for name, entry in data["schedules"].items():
+        if not entry["enabled"] and not include_disabled:
+            continue
         if "task" in entry:
-            if entry["enabled"]:
-                entries[name] = {"task": entry["task"], "kwargs": entry.get("kwargs") or {},
-                                 "schedule": parse_cron(entry["cron"]) if "cron" in entry else parse_duration(entry["every"]),
-                                 "options": {"queue": "maintenance"}}
+            entries[name] = {"task": entry["task"], "kwargs": entry.get("kwargs") or {},
+                             "schedule": parse_cron(entry["cron"]) if "cron" in entry else parse_duration(entry["every"]),
+                             "options": {"queue": "maintenance"}, "enabled": entry["enabled"]}
             continue
         if entry["pipeline"] not in settings.pipelines:
             raise ConfigError(f"{path}: schedules.{name}.pipeline: unknown pipeline {entry['pipeline']!r}")
@@ -114,14 +117,13 @@ def load_beat_schedule(path: Path | None = None, settings: Settings | None = Non
             # Celery evaluates crontabs in the app's timezone and RedBeat stores no per-entry zone.
             raise ConfigError(f"{path}: schedules.{name}.timezone: {tz!r} differs from the configured "
                               f"timezone {settings.timezone!r}; per-schedule timezones are not supported yet")
-        if not entry["enabled"]:
-            continue
         schedule = parse_cron(entry["cron"]) if "cron" in entry else parse_duration(entry["every"])
         kwargs: dict[str, Any] = {"pipeline": entry["pipeline"], "trigger": "schedule"}
         if entry.get("symbols"):
             kwargs["symbols"] = entry["symbols"]
         entries[name] = {"task": RUN_TASK, "schedule": schedule, "kwargs": kwargs,
-                         "options": {"queue": settings.pipelines[entry["pipeline"]].queue}}
+                         "options": {"queue": settings.pipelines[entry["pipeline"]].queue},
+                         "enabled": entry["enabled"]}
     return entries
 
 
@@ -142,6 +144,16 @@ def _make_scheduler() -> type:
             self._last_check = 0.0
             self._known: dict[str, str] = {}
             super().__init__(*args, **kwargs)
+
+        def setup_schedule(self) -> None:
+            """Seed from beat_schedule.yaml under the precedence rules of ``stockpulse.schedules``."""
+            from stockpulse.schedules import seed
+
+            static = self.app.redbeat_conf.schedule
+            self.install_default_entries(static)
+            seed(self.app, static)
+            if static:
+                get_redis(self.app).sadd(self.app.redbeat_conf.statics_key, *static.keys())
 
         def tick(self, *args: Any, **kwargs: Any) -> float:
             try:

@@ -218,7 +218,7 @@ def run_standalone(*, flower_port: int = 5555, sim_port: int = 0) -> int:
             ("realtime", celery + ["worker", "-Q", "realtime", "-P", "threads", "-c", "8", "-n",
                                    "standalone-realtime@%h", "-E", "-l", "INFO"],
              {**worker_env, "STOCKPULSE_METRICS__PORT": str(realtime_metrics_port)}),
-            ("beat", celery + ["beat", "-S", "redbeat.RedBeatScheduler", "-l", "INFO"], env),
+            ("beat", celery + ["beat", "-l", "INFO"], env),  # the app's scheduler: self-healing RedBeat
             ("flower", flower_argv, {**env, **{k: v for k, v in flower_env.items() if k.startswith("FLOWER_")}}),
             ("exporter", stockpulse_cli + ["exporter", "--address", "127.0.0.1", "--port", str(exporter_port)], env),
         ]

@@ -30,8 +30,8 @@ def test_beat_seeds_redbeat_from_the_beat_schedule_path_and_fires(clean_stack: S
     schedule.write_text(yaml.safe_dump({"timezone": "America/New_York", "schedules": {
         "crypto-every-2s": {"pipeline": "crypto_daily_bars", "every": "2s", "symbols": ["BTC-USD"]}}}))
     env = dict(os.environ, STOCKPULSE_BEAT_SCHEDULE_PATH=str(schedule))
-    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "stockpulse", "beat", "-S",
-                             "redbeat.RedBeatScheduler", "-l", "INFO", "--max-interval", "1"],
+    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "stockpulse", "beat", "-l", "INFO",
+                             "--max-interval", "1"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
