@@ -61,11 +61,38 @@ class ScheduleEntrySchema(Schema):
     enabled = fields.Boolean(load_default=True)
     symbols = fields.List(fields.String())
     options = fields.Dict(keys=fields.String())
+    # Exchange calendar binding (stockpulse.calendars.CalendarRule).
+    calendar = fields.String()
+    when = fields.String(validate=validate.OneOf(["trading_days", "during_session"]))
+    after_close = fields.String()
+    check_every = fields.String(load_default="5m")
+    catch_up = fields.String(load_default="6h")
 
     @validates_schema
     def _one_of(self, data: dict, **_: Any) -> None:
         if ("pipeline" in data) == ("task" in data):
             raise ValidationError("give exactly one of 'pipeline' or 'task'")
+        if ("when" in data or "after_close" in data) and "calendar" not in data:
+            raise ValidationError("'when' and 'after_close' need a 'calendar' (e.g. XNYS)")
+        if "calendar" in data:
+            from stockpulse.calendars import calendar
+
+            if "task" in data:
+                raise ValidationError("calendars apply to pipeline schedules")
+            if ("when" in data) == ("after_close" in data):
+                raise ValidationError("with a 'calendar', give exactly one of 'when' or 'after_close'")
+            try:
+                calendar(data["calendar"])
+                for key in ("after_close", "check_every", "catch_up"):
+                    if key in data:
+                        parse_duration(data[key])
+            except (ConfigError, ValueError) as exc:
+                raise ValidationError(str(exc)) from None
+            if "after_close" in data:
+                if "cron" in data or "every" in data:
+                    raise ValidationError("'after_close' sets when it runs: drop 'cron'/'every' (the entry is "
+                                          "checked every 'check_every', 5m by default)")
+                return
         if ("cron" in data) == ("every" in data):
             raise ValidationError("give exactly one of 'cron' or 'every'")
         try:
@@ -117,10 +144,22 @@ def load_beat_schedule(path: Path | None = None, settings: Settings | None = Non
             # Celery evaluates crontabs in the app's timezone and RedBeat stores no per-entry zone.
             raise ConfigError(f"{path}: schedules.{name}.timezone: {tz!r} differs from the configured "
                               f"timezone {settings.timezone!r}; per-schedule timezones are not supported yet")
-        schedule = parse_cron(entry["cron"]) if "cron" in entry else parse_duration(entry["every"])
         kwargs: dict[str, Any] = {"pipeline": entry["pipeline"], "trigger": "schedule"}
         if entry.get("symbols"):
             kwargs["symbols"] = entry["symbols"]
+        if "after_close" in entry:
+            schedule = parse_duration(entry["check_every"])
+        else:
+            schedule = parse_cron(entry["cron"]) if "cron" in entry else parse_duration(entry["every"])
+        if "calendar" in entry:
+            from stockpulse.calendars import CalendarRule
+
+            rule = CalendarRule(entry["calendar"], when=entry.get("when"),
+                                after_close_s=parse_duration(entry["after_close"]).total_seconds()
+                                if "after_close" in entry else None,
+                                catch_up_s=parse_duration(entry["catch_up"]).total_seconds())
+            kwargs["calendar_rule"] = rule.as_kwargs()
+            kwargs["schedule_name"] = name
         entries[name] = {"task": RUN_TASK, "schedule": schedule, "kwargs": kwargs,
                          "options": {"queue": settings.pipelines[entry["pipeline"]].queue},
                          "enabled": entry["enabled"]}

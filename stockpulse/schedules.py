@@ -160,8 +160,13 @@ class Schedules:
             next_run = entry.due_at if entry.enabled else None
         except Exception:
             next_run = None
-        return ScheduleInfo(entry.name, kwargs.get("pipeline") or entry.task, describe_schedule(entry.schedule),
-                            bool(entry.enabled), origin, entry.last_run_at, next_run, kwargs)
+        when = describe_schedule(entry.schedule)
+        rule = kwargs.get("calendar_rule")
+        if rule:
+            when = (f"{rule['after_close_s'] / 60:g} min after each {rule['calendar']} close (checked {when})"
+                    if rule.get("after_close_s") is not None else f"{when}, {rule['calendar']} {rule.get('when')}")
+        return ScheduleInfo(entry.name, kwargs.get("pipeline") or entry.task, when, bool(entry.enabled), origin,
+                            entry.last_run_at, next_run, kwargs)
 
     def list(self) -> list[ScheduleInfo]:
         from redbeat.schedulers import RedBeatSchedulerEntry

@@ -31,7 +31,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 @pytest.fixture()
 def redbeat(redis_client: Any) -> Any:
     def wipe() -> None:
-        for pattern in ("stockpulse:redbeat*", "stockpulse:schedules:*"):
+        for pattern in ("stockpulse:redbeat*", "stockpulse:schedules:*", "stockpulse:schedule:*"):
             for key in redis_client.scan_iter(pattern):
                 redis_client.delete(key)
 
@@ -207,3 +207,46 @@ def test_two_beats_do_not_double_schedule(clean_stack: Stack, redbeat: Any, tmp_
         stop(first)
         if second is not None:
             stop(second)
+
+
+# ------------------------------------------------------------------------------------- calendars
+
+
+def test_calendar_bound_schedules_in_the_file(tmp_path: Path) -> None:
+    from stockpulse.errors import ConfigError
+    from stockpulse.schedule import load_beat_schedule
+
+    path = tmp_path / "beat_schedule.yaml"
+    path.write_text(yaml.safe_dump({"schedules": {
+        "after": {"pipeline": "daily_bars", "calendar": "XNYS", "after_close": "30m"},
+        "days": {"pipeline": "daily_bars", "calendar": "XNYS", "when": "trading_days", "cron": "30 18 * * *"}}}))
+    entries = load_beat_schedule(path)
+    assert entries["after"]["schedule"] == timedelta(minutes=5)  # checked every check_every
+    assert entries["after"]["kwargs"]["calendar_rule"] == {"calendar": "XNYS", "after_close_s": 1800.0,
+                                                           "catch_up_s": 21600.0}
+    assert entries["days"]["kwargs"]["calendar_rule"]["when"] == "trading_days"
+    for bad, message in (({"calendar": "NOPE", "when": "trading_days", "every": "1h"}, "unknown exchange calendar"),
+                         ({"when": "trading_days", "every": "1h"}, "need a 'calendar'"),
+                         ({"calendar": "XNYS", "after_close": "30m", "every": "5m"}, "drop 'cron'/'every'")):
+        path.write_text(yaml.safe_dump({"schedules": {"x": {"pipeline": "daily_bars", **bad}}}))
+        with pytest.raises(ConfigError, match=message):
+            load_beat_schedule(path)
+
+
+def test_a_holiday_is_recorded_as_skipped_and_an_early_close_runs_once(clean_stack: Stack, redbeat: Any) -> None:
+    from stockpulse.pipeline.runs import get_run
+
+    def fire(rule: dict[str, Any], as_of: str) -> str | None:  # what beat sends, at a travelled clock
+        return app.send_task("stockpulse.pipeline.run", kwargs={
+            "pipeline": "crypto_daily_bars", "trigger": "schedule", "calendar_rule": rule,
+            "schedule_name": "cal", "as_of": as_of}, queue="historical").get(timeout=30)
+
+    skipped = get_run(fire({"calendar": "XNYS", "when": "trading_days"}, "2026-11-26T23:30:00+00:00"))
+    assert (skipped.status, skipped.trigger) == ("skipped", "schedule")
+    assert skipped.error_message == "2026-11-26 is not a XNYS session (weekend or holiday)"
+
+    after_close = {"calendar": "XNYS", "after_close_s": 1800}
+    fired = [fire(after_close, f"2026-11-27T18:{minute}:00+00:00") for minute in (25, 31, 36)]
+    assert fired[0] is None and fired[2] is None  # before close + 30 min; then already run for the session
+    run = clean_stack.wait(fired[1])
+    assert run.status == "succeeded" and run.trigger == "schedule"

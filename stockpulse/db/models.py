@@ -84,8 +84,9 @@ pipeline_runs = Table(
     Column("pipeline", String(64), nullable=False),
     Column("data_type", String(32), nullable=False),
     Column("provider", String(32), nullable=False),
-    Column("trigger", String(16), nullable=False),  # schedule | manual | backfill | replay
-    Column("status", String(16), nullable=False),  # queued | running | succeeded | partial | failed
+    Column("trigger", String(16), nullable=False),  # schedule | manual | backfill | replay | gap_fill
+    # queued | running | succeeded | partial | failed | skipped (a calendar-bound schedule outside its days)
+    Column("status", String(16), nullable=False),
     Column("params", JSON, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("started_at", UTCDateTime()),

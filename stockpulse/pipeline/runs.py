@@ -96,6 +96,17 @@ def start_run(pipeline: str, *, symbols: list[str] | None = None, trigger: str =
     return run_id
 
 
+def record_skipped(pipeline: str, trigger: str, reason: str, *, params: dict[str, Any] | None = None) -> str:
+    """A run that a calendar skipped: recorded (status ``skipped``, the reason), never silently dropped."""
+    pipe = get_settings().pipeline(pipeline)
+    now = utcnow()
+    with get_engine().begin() as conn:
+        run_id = _create_run(conn, pipe, trigger, [], dict(params or {}, skipped=reason))
+        conn.execute(update(runs_t).where(runs_t.c.id == run_id).values(
+            status="skipped", error_message=reason, started_at=now, finished_at=now))
+    return run_id
+
+
 def start_gap_fill(pipeline: str, symbols: tuple[str, ...], since: datetime, until: datetime) -> str:
     """A run (trigger ``gap_fill``) fetching exactly [since, until] over the provider's REST API for the
     symbols of a stream shard that was not receiving; its batches carry the window as ISO datetimes."""
@@ -153,6 +164,8 @@ def _create_run(conn: Connection, pipe: PipelineSettings, trigger: str, plans: l
         status="queued", created_at=utcnow(), batches_total=len(plans), batches_done=0,
         records_fetched=0, records_loaded=0, records_rejected=0, task_ids=[], params=params,
     ))
+    if not plans:  # a skipped run has no batches (an empty executemany would insert one empty row)
+        return run_id
     conn.execute(batches_t.insert(), [
         {"run_id": run_id, "batch_no": p.batch_no, "symbols": list(p.symbols),
          "start": window[0] if window else p.start.isoformat(), "end": window[1] if window else p.end.isoformat(),

@@ -28,6 +28,7 @@ from stockpulse.pipeline.checkpoints import FetchCheckpoint
 from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
 from stockpulse.pipeline.quarantine import quarantine_records
 from stockpulse.providers import Query, get_fetcher
+from stockpulse.redis_conn import redis_client
 from stockpulse.reliability import dlq
 from stockpulse.reliability.breaker import BreakerOpen
 from stockpulse.reliability.quotas import QuotaWait
@@ -256,8 +257,29 @@ def chain_from(stage: str, stage_input: Any, run_id: str, batch_no: int, pipelin
 
 @app.task(name="stockpulse.pipeline.run")
 def run(pipeline: str, symbols: list[str] | None = None, trigger: str = "manual", start: str | None = None,
-        end: str | None = None) -> str:
-    """Start a run: ``celery -A stockpulse call stockpulse.pipeline.run --kwargs '{"pipeline": "daily_bars"}'``."""
+        end: str | None = None, calendar_rule: dict[str, Any] | None = None, schedule_name: str | None = None,
+        as_of: str | None = None) -> str | None:
+    """Start a run: ``celery -A stockpulse call stockpulse.pipeline.run --kwargs '{"pipeline": "daily_bars"}'``.
+
+    A schedule bound to an exchange calendar passes its ``calendar_rule``: the run starts only when the
+    calendar allows it at ``as_of`` (default now); a skip is recorded as a run with status ``skipped`` and
+    the reason. An after-close schedule runs once per session (claimed in Redis)."""
+    if calendar_rule:
+        from stockpulse.calendars import CalendarRule, gate
+
+        moment = datetime.fromisoformat(as_of) if as_of else datetime.now(UTC)
+        decision = gate(CalendarRule(**calendar_rule), moment)
+        context = {"pipeline": pipeline, "schedule": schedule_name, "reason": decision.reason}
+        if not decision.run:
+            if not decision.record_skip:
+                return None
+            log.info("schedule %s skipped: %s", schedule_name, decision.reason, extra=context)
+            return runs.record_skipped(pipeline, trigger, decision.reason, params={"schedule": schedule_name})
+        if decision.session and not redis_client().set(
+                f"stockpulse:schedule:after_close:{schedule_name}:{pipeline}:{decision.session}", 1, nx=True,
+                ex=3 * 86400):
+            return None  # this session's after-close run was already started
+        log.info("schedule %s: %s", schedule_name, decision.reason, extra=context)
     return runs.start_run(pipeline, symbols=symbols, trigger=trigger, start=start, end=end)
 
 
