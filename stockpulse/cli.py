@@ -386,8 +386,34 @@ def backfill(pipeline: str, start: date, end: date, symbols: list[str] | None, c
 
 
 @main.command()
+@click.argument("pipeline")
+@click.option("--symbols", callback=_symbols, help="Comma-separated subset.")
+@click.option("--start", callback=_date, help="First session (default: lookback_days back).")
+@click.option("--end", callback=_date, help="Last session (default: the last settled session).")
+@click.option("--fill", is_flag=True, help="Enqueue backfills for exactly the missing sessions.")
+@click.option("--json", "as_json", is_flag=True)
+def gaps(pipeline: str, symbols: list[str] | None, start: date | None, end: date | None, fill: bool,
+         as_json: bool) -> None:
+    """Sessions the exchange calendar expects that PIPELINE's daily bars lack, per symbol."""
+    from stockpulse.pipeline.gaps import fill_gaps, find_gaps, summary
+
+    found = find_gaps(pipeline, symbols=symbols, start=start, end=end)
+    report = summary(found)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        for g in found:
+            ranges = report["symbols"].get(g.symbol)
+            click.echo(f"{g.symbol}: {len(g.missing)} of {g.expected} sessions missing"
+                       + (f": {', '.join(ranges)}" if ranges else ""))
+    if fill and report["missing"]:
+        run_ids = fill_gaps(pipeline, found)
+        click.echo(f"queued {len(run_ids)} backfill runs: {', '.join(run_ids)}", err=as_json)
+
+
+@main.command()
 @click.option("--pipeline")
-@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "partial", "failed"]))
+@click.option("--status", type=click.Choice(["queued", "running", "succeeded", "partial", "failed", "skipped"]))
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
 def runs(pipeline: str | None, status: str | None, limit: int, as_json: bool) -> None:
