@@ -494,15 +494,17 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps(asdict(snap), default=str, indent=2))
         sys.exit(1 if snap.problems else 0)
     now = snap.taken_at
-    colours = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan", "queued": "cyan"}
+    colours = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan", "queued": "cyan",
+               "skipped": "white"}
     table = Table("pipeline", "data type", "provider", "queue", "last run", "status", "loaded", "last success",
-                  "newest record", "quarantined", title="Pipelines")
+                  "newest record", "quarantined", "missing sessions", title="Pipelines")
     for p in snap.pipelines:
         state = p.last_status or "never run"
         state = f"[{colours.get(state, 'white')}]{state}[/]" if p.enabled else f"[dim]{state} (disabled)[/]"
         table.add_row(p.name, p.data_type, p.provider, p.queue, _ago(p.last_finished_at, now), state,
                       "-" if p.last_records_loaded is None else f"{p.last_records_loaded:,}",
-                      _ago(p.last_success_at, now), _ago(p.newest_record_at, now), str(p.quarantined))
+                      _ago(p.last_success_at, now), _ago(p.newest_record_at, now), str(p.quarantined),
+                      "-" if p.missing_sessions is None else str(p.missing_sessions))
     console = Console(width=200)
     console.print(table)
     queues = "  ".join(f"{q} {n}" for q, n in snap.queues.items()) or "-"

@@ -245,6 +245,9 @@ class StatusCollector:
             "enabled": GaugeMetricFamily("stockpulse_pipeline_enabled", "1 if the pipeline is enabled",
                                          labels=pipe_labels),
             "dlq": GaugeMetricFamily("stockpulse_dlq_depth", "Entries in the dead-letter queue"),
+            "missing": GaugeMetricFamily("stockpulse_missing_sessions",
+                                         "Sessions the exchange calendar expects that the pipeline's daily bars "
+                                         "lack, at the last daily gap detection", labels=pipe_labels),
             "breaker": GaugeMetricFamily("stockpulse_circuit_breaker_state",
                                          "Provider circuit breaker: 0 closed, 1 half-open, 2 open",
                                          labels=["provider"]),
@@ -272,6 +275,8 @@ class StatusCollector:
                 g["newest"].add_metric(labels, p.newest_record_at.timestamp())
             if p.last_status:
                 g["last_status"].add_metric([*labels, p.last_status], 1)
+            if p.missing_sessions is not None:
+                g["missing"].add_metric(labels, p.missing_sessions)
         if not any(p.startswith("redis") for p in snap.problems):
             g["dlq"].add_metric([], snap.dlq_depth)
             for prov in snap.providers:

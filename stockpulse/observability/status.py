@@ -33,6 +33,7 @@ class PipelineStatus:
     last_success_at: datetime | None = None
     newest_record_at: datetime | None = None
     quarantined: int = 0
+    missing_sessions: int | None = None  # at the last daily gap detection (daily bars only)
 
     def freshness_s(self, now: datetime) -> float | None:
         return None if self.newest_record_at is None else (now - self.newest_record_at).total_seconds()
@@ -146,6 +147,11 @@ def _read_redis(snapshot: Snapshot, settings: Settings) -> None:
     client = redis_client(settings.redis_url)
     snapshot.queues = queue_lengths(client)
     snapshot.dlq_depth = dlq.depth()
+    from stockpulse.pipeline.gaps import recorded_missing
+
+    missing = recorded_missing(client)
+    for pipe in snapshot.pipelines:
+        pipe.missing_sessions = missing.get(pipe.name)
     info = client.info()
     snapshot.redis = {key: info.get(key) for key in ("used_memory", "maxmemory", "connected_clients",
                                                      "maxmemory_policy")}

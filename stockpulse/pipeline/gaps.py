@@ -21,6 +21,7 @@ from stockpulse.db.models import bars
 from stockpulse.errors import ConfigError
 
 ALWAYS = "always"
+MISSING_KEY = "stockpulse:gaps:missing"  # pipeline -> missing sessions at the last daily detection
 PROVIDER_CALENDARS = {"coinbase": ALWAYS}
 
 
@@ -122,3 +123,24 @@ def summary(gaps: list[SymbolGaps]) -> dict[str, Any]:
     return {"missing": sum(len(g.missing) for g in gaps), "expected": sum(g.expected for g in gaps),
             "symbols": {g.symbol: [f"{a}..{b}" if a != b else str(a) for a, b in g.ranges()] for g in gaps
                         if g.missing}}
+
+
+def detect_all(now: datetime | None = None) -> dict[str, int]:
+    """Missing sessions of every enabled daily-bars pipeline, kept in Redis for ``stockpulse status`` and the
+    exporter (``stockpulse_missing_sessions``); run daily by ``stockpulse.maintenance.detect_gaps``."""
+    from stockpulse.redis_conn import redis_client
+
+    counts = {name: sum(len(g.missing) for g in find_gaps(name, now=now))
+              for name, pipe in sorted(get_settings().pipelines.items())
+              if pipe.enabled and pipe.data_type == "bars" and pipe.interval == "1d"}
+    client = redis_client()
+    with client.pipeline() as tx:
+        tx.delete(MISSING_KEY)
+        if counts:
+            tx.hset(MISSING_KEY, mapping=counts)
+        tx.execute()
+    return counts
+
+
+def recorded_missing(client: Any) -> dict[str, int]:
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in client.hgetall(MISSING_KEY).items()}

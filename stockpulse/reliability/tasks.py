@@ -50,3 +50,17 @@ def sweep_stale_runs(older_than_s: float | None = None) -> list[list[Any]]:
 
     threshold = older_than_s if older_than_s is not None else float(get_settings().runs.get("stale_after_s", 21600))
     return [list(item) for item in sweep_stale(threshold)]
+
+
+@app.task(name="stockpulse.maintenance.detect_gaps")
+def detect_gaps() -> dict[str, int]:
+    """Count the sessions each enabled daily-bars pipeline is missing (``stockpulse gaps`` lists them)."""
+    import logging
+
+    from stockpulse.pipeline.gaps import detect_all
+
+    counts = detect_all()
+    logging.getLogger("stockpulse.pipeline").info(
+        "gap detection: %d missing sessions over %d pipelines", sum(counts.values()), len(counts),
+        extra={"missing_sessions": counts})
+    return counts

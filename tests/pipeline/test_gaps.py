@@ -86,3 +86,17 @@ def test_crypto_expects_every_day(clean_stack: Stack) -> Any:
     found = find_gaps("crypto_daily_bars", symbols=["BTC-USD"], start=date(2026, 11, 1), end=date(2026, 11, 30),
                       now=NOW)
     assert found[0].expected == 30 and len(found[0].missing) == 30
+
+
+def test_daily_detection_is_kept_for_status_and_the_exporter(clean_stack: Stack, redis_client: Any) -> None:
+    from stockpulse.celery_app import app
+    from stockpulse.observability.exporter import StatusCollector
+    from stockpulse.observability.status import take_snapshot
+
+    counts = app.send_task("stockpulse.maintenance.detect_gaps").get(timeout=60)  # on a real worker
+    assert counts["daily_bars"] > 0 and "finnhub_news" not in counts  # nothing stored: every session missing
+    assert {p.name: p.missing_sessions for p in take_snapshot().pipelines}["daily_bars"] == counts["daily_bars"]
+    samples = {(s.name, s.labels.get("pipeline")): s.value for family in StatusCollector(0).collect()
+               for s in family.samples}
+    assert samples[("stockpulse_missing_sessions", "daily_bars")] == counts["daily_bars"]
+    redis_client.delete("stockpulse:gaps:missing")
