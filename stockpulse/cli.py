@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import click
@@ -278,18 +278,27 @@ def schedule_reset(names: tuple[str, ...]) -> None:
         click.echo(f"{name}: {what}")
 
 
-def _wait_for(run_ids: list[str], *, timeout: float, progress: bool = False) -> list[Any]:
+def _wait_for(run_ids: list[str], *, timeout: float, progress: bool = False, label: str = "runs") -> list[Any]:
+    """Wait for runs to finish; with ``progress``, a bar of runs done, rows loaded so far and the ETA."""
     from stockpulse.pipeline.runs import FINAL, get_run
 
     deadline = time.monotonic() + timeout
-    pending = set(run_ids)
-    with click.progressbar(length=len(run_ids), label="runs", show_pos=True) if progress else _Null() as bar:
+    pending, rows = set(run_ids), dict.fromkeys(run_ids, 0)
+    bar_context = click.progressbar(length=len(run_ids), label=label, show_pos=True, show_eta=True,
+                                    item_show_func=lambda loaded: f"{loaded:,} rows loaded"
+                                    if loaded is not None else None) if progress else _Null()
+    with bar_context as bar:
         while pending and time.monotonic() < deadline:
+            finished = 0
             for run_id in list(pending):
                 run = get_run(run_id)
-                if run is not None and run.status in FINAL:
+                if run is None:
+                    continue
+                rows[run_id] = run.records_loaded or 0
+                if run.status in FINAL:
                     pending.discard(run_id)
-                    bar.update(1)
+                    finished += 1
+            bar.update(finished, sum(rows.values()))
             if pending:
                 time.sleep(0.25)
     return [get_run(r) for r in run_ids]
@@ -302,7 +311,7 @@ class _Null:
     def __exit__(self, *exc: Any) -> None:
         return None
 
-    def update(self, n: int) -> None:
+    def update(self, n: int, current_item: Any = None) -> None:
         return None
 
 
@@ -358,27 +367,34 @@ def run(pipeline: str, symbols: list[str] | None, start: date | None, end: date 
 @click.option("--symbols", callback=_symbols, help="Comma-separated subset.")
 @click.option("--chunk-days", type=click.IntRange(1, 3650), default=None,
               help="Days per chunk (default: the pipeline's backfill_chunk_days option, else 365).")
+@click.option("--reprocess", type=click.Choice(["none", "failed", "all"]), default="failed", show_default=True,
+              help="Chunks an earlier backfill already ran: none = only new chunks; failed = also the failed "
+                   "ones; all = every chunk again. Succeeded chunks are skipped unless all; queued or running "
+                   "ones always.")
+@click.option("--dry-run", is_flag=True, help="Print the chunks and what would happen to each; enqueue nothing.")
 @click.option("--no-wait", is_flag=True, help="Enqueue and return without a progress bar.")
-@click.option("--timeout", default=3600.0, show_default=True)
+@click.option("--timeout", default=3600.0, show_default=True, help="Seconds to wait for the chunks.")
 def backfill(pipeline: str, start: date, end: date, symbols: list[str] | None, chunk_days: int | None,
-             no_wait: bool, timeout: float) -> None:
-    """Load PIPELINE's history from START to END, one run per chunk of days."""
-    from stockpulse.config import get_settings
-    from stockpulse.pipeline.runs import start_run
+             reprocess: str, dry_run: bool, no_wait: bool, timeout: float) -> None:
+    """Load PIPELINE's history from START to END, one run per chunk of days.
+
+    Resumable: the same command again enqueues only chunks that have not succeeded (see --reprocess)."""
+    from stockpulse.pipeline.backfill import enqueue, plan_backfill
 
     if start > end:
         raise click.BadParameter("--start is after --end")
-    pipe = get_settings().pipeline(pipeline)
-    step = timedelta(days=chunk_days or int(pipe.options.get("backfill_chunk_days", 365)))
-    run_ids, chunk = [], start
-    while chunk <= end:
-        chunk_end = min(chunk + step - timedelta(days=1), end)
-        run_ids.append(start_run(pipeline, symbols=symbols, trigger="backfill", start=chunk, end=chunk_end))
-        chunk = chunk_end + timedelta(days=1)
-    click.echo(f"queued {len(run_ids)} backfill runs")
-    if no_wait:
+    plan = plan_backfill(pipeline, start, end, symbols=symbols, chunk_days=chunk_days, reprocess=reprocess)
+    if dry_run:
+        for chunk in plan.chunks:
+            click.echo(f"{chunk.days}  {'enqueue' if chunk.enqueue else 'skip':7}  ~{chunk.requests} requests  "
+                       f"{chunk.reason}")
+        click.echo(f"dry run: {plan.summary()}")
         return
-    results = _wait_for(run_ids, timeout=timeout, progress=True)
+    started = enqueue(plan)
+    click.echo(f"queued {len(started)} backfill runs ({plan.summary()})")
+    if no_wait or not started:
+        return
+    results = _wait_for([run_id for _, run_id in started], timeout=timeout, progress=True, label="chunks")
     for result in results:
         click.echo(_summary(result))
     if any(r.status not in ("succeeded", "partial") for r in results):

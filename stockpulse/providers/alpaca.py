@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from stockpulse.errors import PermanentError, TransientError
@@ -34,6 +34,7 @@ from stockpulse.providers.base import (
 )
 
 TIMEFRAMES = {"1m": "1Min", "5m": "5Min", "15m": "15Min", "1h": "1Hour", "1d": "1Day"}
+INTERVAL_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "1h": 60}
 MAX_PAGES = 10_000
 
 
@@ -120,6 +121,14 @@ class AlpacaBarsFetcher(Fetcher):
             "sort": "asc",
         }
         return _pages(self, "/v2/stocks/bars", params, "bars")
+
+    def requests_needed(self, query: Query) -> int:
+        # One page holds ``limit`` bars across all symbols; weekdays stand for sessions (390 minutes each).
+        days = sum(1 for i in range((query.end - query.start).days + 1)
+                   if (query.start + timedelta(days=i)).weekday() < 5)
+        per_day = 1 if query.interval == "1d" else 390 // INTERVAL_MINUTES.get(query.interval, 1)
+        limit = int(self.settings.options.get("page_limit", 10_000))
+        return max(1, -(-len(query.symbols) * days * per_day // limit))
 
     def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
         daily = query.interval == "1d"

@@ -65,6 +65,11 @@ class Fetcher(ABC):
     @abstractmethod
     def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]: ...
 
+    def requests_needed(self, query: Query) -> int:
+        """About how many provider requests ``extract`` makes for ``query`` (a backfill's quota estimate);
+        one per symbol unless the provider says otherwise."""
+        return len(query.symbols)
+
 
 @dataclass
 class StreamFrame:

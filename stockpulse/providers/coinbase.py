@@ -61,6 +61,10 @@ class CoinbaseCandlesFetcher(Fetcher):
                 window = window_end
         return pages
 
+    def requests_needed(self, query: Query) -> int:
+        seconds = ((query.end - query.start).days + 1) * 86400
+        return len(query.symbols) * -(-seconds // (GRANULARITY[query.interval] * MAX_CANDLES))
+
     def transform(self, pages: list[Any], query: Query) -> Iterator[dict[str, Any]]:
         daily = query.interval == "1d"
         for page in pages:
