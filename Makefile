@@ -19,6 +19,7 @@ run: install  ## the standalone stack on the embedded default (SQLite + private 
 
 test: install  ## lint, then every test (integration tests use real Redis, PostgreSQL and workers)
 	$(BIN)/ruff check .
+	$(BIN)/python -m stockpulse.cli config docs --check
 	$(BIN)/python -m pytest
 
 lint: install

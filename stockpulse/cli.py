@@ -91,6 +91,9 @@ def config_check() -> None:
 
     settings = load_settings(check_secrets=True)
     schedules = load_beat_schedule(settings=settings, include_disabled=False)
+    for universe in settings.symbols.values():
+        if universe.table:  # files are read while loading; a table needs the database
+            universe.resolve()
     click.echo(f"configuration OK: {len(settings.pipelines)} pipelines, {len(settings.providers)} providers, "
                f"{len(schedules)} enabled schedules")
 
@@ -103,6 +106,28 @@ def config_show() -> None:
     from stockpulse.config import load_settings, redacted
 
     click.echo(yaml.safe_dump(redacted(load_settings()), sort_keys=False))
+
+
+@config.command("docs")
+@click.option("--check", is_flag=True, help="Exit 1 if the file is not current instead of rewriting it.")
+@click.option("--path", "path", type=click.Path(dir_okay=False), default=None,
+              help="The Markdown file holding the generated block (default: docs/configuration.md).")
+def config_docs(check: bool, path: str | None) -> None:
+    """Regenerate the key reference in docs/configuration.md from the configuration schemas."""
+    from pathlib import Path
+
+    from stockpulse.config import project_root
+    from stockpulse.config_docs import keys, update
+
+    target = Path(path) if path else project_root() / "docs" / "configuration.md"
+    if check:
+        if not update(target, check=True):
+            click.echo(f"{target} is stale: run `stockpulse config docs`", err=True)
+            sys.exit(1)
+        click.echo(f"{target} is current ({len(keys())} keys)")
+        return
+    update(target)
+    click.echo(f"wrote {len(keys())} keys to {target}")
 
 
 # ---------------------------------------------------------------------------------------------- db

@@ -21,6 +21,7 @@ import yaml
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from stockpulse.errors import ConfigError
+from stockpulse.universes import Universe
 
 ENV_PREFIX = "STOCKPULSE_"
 # Variables with our prefix that are not configuration keys.
@@ -130,12 +131,17 @@ class PipelineSettings:
     name: str
     data_type: str
     provider: str
-    symbols: tuple[str, ...]
+    universe: Universe
     interval: str = "1d"
     queue: str = "historical"
     enabled: bool = True
     batch_size: int = 50
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The symbols now: a universe kept in a file or table is read again (see stockpulse.universes)."""
+        return self.universe.resolve()
 
 
 @dataclass(frozen=True)
@@ -156,7 +162,7 @@ class Settings:
     stages: dict[str, StagePolicy]
     logging: dict[str, Any]
     providers: dict[str, ProviderSettings]
-    symbols: dict[str, tuple[str, ...]]
+    symbols: dict[str, Universe]
     pipelines: dict[str, PipelineSettings]
     sim: dict[str, Any]
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -196,13 +202,24 @@ def _timezone(value: str) -> None:
         raise ValidationError(f"unknown timezone {value!r}") from None
 
 
+def _doc(text: str, default: Any = None) -> dict[str, Any]:
+    """Field metadata for ``stockpulse config docs``: what the key is for, and a default the code applies
+    (only where no schema or built-in default shows it)."""
+    return {"description": text, **({"default": default} if default is not None else {})}
+
+
 class StagePolicySchema(_Strict):
-    max_retries = fields.Integer(required=True, validate=validate.Range(min=0, max=100))
-    backoff_base_s = fields.Float(required=True, validate=validate.Range(min=0))
-    backoff_cap_s = fields.Float(required=True, validate=validate.Range(min=0))
-    soft_time_limit_s = fields.Integer(required=True, validate=validate.Range(min=1))
-    time_limit_s = fields.Integer(required=True, validate=validate.Range(min=1))
-    jitter = fields.Boolean(load_default=True)
+    max_retries = fields.Integer(required=True, validate=validate.Range(min=0, max=100),
+                                 metadata=_doc("retries of a transient failure before the batch is dead-lettered"))
+    backoff_base_s = fields.Float(required=True, validate=validate.Range(min=0),
+                                  metadata=_doc("first retry delay; doubles per attempt (full jitter)"))
+    backoff_cap_s = fields.Float(required=True, validate=validate.Range(min=0),
+                                 metadata=_doc("longest retry delay; keep below celery.visibility_timeout_s"))
+    soft_time_limit_s = fields.Integer(required=True, validate=validate.Range(min=1),
+                                       metadata=_doc("the stage is interrupted (a transient error) after this"))
+    time_limit_s = fields.Integer(required=True, validate=validate.Range(min=1),
+                                  metadata=_doc("the worker process is killed after this; above the soft limit"))
+    jitter = fields.Boolean(load_default=True, metadata=_doc("randomise retry delays (full jitter)"))
 
     @validates_schema
     def _limits(self, data: dict, **_: Any) -> None:
@@ -215,114 +232,246 @@ class StagePolicySchema(_Strict):
 
 
 class StagesSchema(_Strict):
-    fetch = fields.Nested(StagePolicySchema, required=True)
-    transform = fields.Nested(StagePolicySchema, required=True)
-    load = fields.Nested(StagePolicySchema, required=True)
+    fetch = fields.Nested(StagePolicySchema, required=True, metadata=_doc("the fetch stage's retry policy"))
+    transform = fields.Nested(StagePolicySchema, required=True,
+                              metadata=_doc("the transform stage's retry policy"))
+    load = fields.Nested(StagePolicySchema, required=True, metadata=_doc("the load stage's retry policy"))
+
+
+class ProviderOptionsSchema(_Strict):
+    """Options one provider understands; each names the providers that read it."""
+
+    page_limit = fields.Integer(validate=validate.Range(min=1, max=10_000),
+                                metadata=_doc("Alpaca: bars or trades per page, across symbols", 10_000))
+    feed = fields.String(validate=validate.OneOf(("iex", "sip", "delayed_sip", "otc")),
+                         metadata=_doc("Alpaca: market-data feed (`iex` on the free plan)", "iex"))
+    adjustment = fields.String(validate=validate.OneOf(("raw", "split", "dividend", "all")),
+                               metadata=_doc("Alpaca: corporate-action adjustment of bars", "raw"))
+    stream_bars = fields.Boolean(metadata=_doc("Alpaca: also stream minute bars beside trades", True))
+    adjusted = fields.Boolean(metadata=_doc("Polygon: split-adjusted aggregates", True))
+    news_page_limit = fields.Integer(validate=validate.Range(min=1, max=1000),
+                                     metadata=_doc("Polygon: news items per page", 1000))
+    outputsize = fields.String(validate=validate.OneOf(("compact", "full")),
+                               metadata=_doc("Alpha Vantage: `compact` (last 100 sessions); `full` is premium",
+                                             "compact"))
+    news_limit = fields.Integer(validate=validate.Range(min=1, max=1000),
+                                metadata=_doc("Alpha Vantage: NEWS_SENTIMENT items per call", 1000))
+    ws_url = fields.String(metadata=_doc("websocket URL of the provider's stream (Finnhub "
+                                         "`wss://ws.finnhub.io`, Alpaca `wss://stream.data.alpaca.markets`, "
+                                         "Coinbase `wss://ws-feed.exchange.coinbase.com`)"))
+    feeds = fields.List(fields.String(), metadata=_doc(
+        "RSS: feed URLs or paths under base_url; `{symbol}` makes a feed per symbol", "Yahoo Finance headlines"))
 
 
 class ProviderSchema(_Strict):
-    api_key = fields.String(allow_none=True)
-    api_secret = fields.String(allow_none=True)
-    base_url = fields.Url(allow_none=True, require_tld=False, schemes={"http", "https"})
-    timeout_s = fields.Float(validate=validate.Range(min=0.1, max=600))
-    connect_timeout_s = fields.Float(validate=validate.Range(min=0.1, max=120))
-    max_response_bytes = fields.Integer(validate=validate.Range(min=1024))
-    request_retries = fields.Integer(validate=validate.Range(min=0, max=10))
-    request_backoff_s = fields.Float(validate=validate.Range(min=0))
-    request_backoff_cap_s = fields.Float(validate=validate.Range(min=0, max=60))
+    api_key = fields.String(allow_none=True, metadata=_doc("API key (Alpaca, Polygon, Alpha Vantage, Finnhub)"))
+    api_secret = fields.String(allow_none=True, metadata=_doc("API secret (Alpaca)"))
+    base_url = fields.Url(allow_none=True, require_tld=False, schemes={"http", "https"},
+                          metadata=_doc("REST base URL; point it at the simulator for tests", "the provider's"))
+    timeout_s = fields.Float(validate=validate.Range(min=0.1, max=600),
+                             metadata=_doc("read timeout of every request", 30.0))
+    connect_timeout_s = fields.Float(validate=validate.Range(min=0.1, max=120),
+                                     metadata=_doc("connect timeout of every request", 5.0))
+    max_response_bytes = fields.Integer(validate=validate.Range(min=1024),
+                                        metadata=_doc("larger responses are refused", 50 * 1024 * 1024))
+    request_retries = fields.Integer(validate=validate.Range(min=0, max=10),
+                                     metadata=_doc("quick in-place retries of one failed request", 2))
+    request_backoff_s = fields.Float(validate=validate.Range(min=0),
+                                     metadata=_doc("first in-place retry delay", 0.5))
+    request_backoff_cap_s = fields.Float(validate=validate.Range(min=0, max=60),
+                                         metadata=_doc("longest in-place retry delay", 5.0))
     rate_limit = fields.String(allow_none=True, validate=validate.Regexp(
-        r"^\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?$", error="rate_limit looks like '200/minute'"))
-    user_agent = fields.String(allow_none=True)
-    retry = fields.Nested(lambda: RetryOverrideSchema())
-    breaker = fields.Nested(lambda: BreakerSchema())
-    options = fields.Dict(keys=fields.String())
+        r"^\d+\s*(/|per)\s*\d*\s*(second|minute|hour|day)s?$", error="rate_limit looks like '200/minute'"),
+        metadata=_doc("requests allowed, shared by all workers through Redis (`200/minute`)",
+                      "the free plan's: Alpaca 200/minute, Polygon 5/minute, Alpha Vantage 25/day, "
+                      "Coinbase 10/second, Finnhub 60/minute, SEC 10/second, RSS 60/minute"))
+    user_agent = fields.String(allow_none=True, metadata=_doc(
+        "User-Agent header; SEC EDGAR requires a company name and contact e-mail", "stockpulse/<version>"))
+    retry = fields.Nested(lambda: RetryOverrideSchema(),
+                          metadata=_doc("this provider's overrides of the fetch stage's retry policy"))
+    breaker = fields.Nested(lambda: BreakerSchema(), metadata=_doc("circuit breaker, state shared in Redis"))
+    options = fields.Nested(ProviderOptionsSchema, metadata=_doc("provider-specific options"))
 
 
 class RetryOverrideSchema(_Strict):
-    max_retries = fields.Integer(validate=validate.Range(min=0, max=100))
-    backoff_base_s = fields.Float(validate=validate.Range(min=0))
-    backoff_cap_s = fields.Float(validate=validate.Range(min=0))
-    jitter = fields.Boolean()
+    max_retries = fields.Integer(validate=validate.Range(min=0, max=100),
+                                 metadata=_doc("instead of stages.fetch.max_retries"))
+    backoff_base_s = fields.Float(validate=validate.Range(min=0), metadata=_doc("instead of stages.fetch's"))
+    backoff_cap_s = fields.Float(validate=validate.Range(min=0), metadata=_doc("instead of stages.fetch's"))
+    jitter = fields.Boolean(metadata=_doc("instead of stages.fetch's"))
 
 
 class BreakerSchema(_Strict):
-    fail_max = fields.Integer(validate=validate.Range(min=1, max=1000))
-    reset_timeout_s = fields.Float(validate=validate.Range(min=0.1, max=86400))
+    fail_max = fields.Integer(validate=validate.Range(min=1, max=1000),
+                              metadata=_doc("consecutive transient failures that open the breaker", 5))
+    reset_timeout_s = fields.Float(validate=validate.Range(min=0.1, max=86400),
+                                   metadata=_doc("how long it stays open before one trial request", 60.0))
+
+
+class PipelineOptionsSchema(_Strict):
+    """Options of one pipeline; the stream ones apply to trades pipelines (docs/realtime.md)."""
+
+    lookback_days = fields.Integer(validate=validate.Range(min=1),
+                                   metadata=_doc("first run of a symbol starts this far back", 365))
+    overlap_days = fields.Integer(validate=validate.Range(min=0),
+                                  metadata=_doc("scheduled runs re-fetch this many days before the watermark "
+                                                "(providers correct recent data)", 3))
+    backfill_chunk_days = fields.Integer(validate=validate.Range(min=1, max=3650),
+                                         metadata=_doc("days per run of `stockpulse backfill`", 365))
+    calendar = fields.String(metadata=_doc(
+        "exchange calendar of its sessions (`XNYS`, `XLON`…; `always`/`none` for 24/7 markets), used by gap "
+        "detection, freshness and streams", "XNYS; always for Coinbase"))
+    settle_hours = fields.Float(validate=validate.Range(min=0, max=72), metadata=_doc(
+        "a session's daily bar is expected this long after its close (gaps, freshness)", 2.0))
+    backfill_queue = fields.String(validate=validate.OneOf(QUEUES), metadata=_doc(
+        "queue of a stream pipeline's REST runs (gap fills, backfills)", "historical"))
+    shard_size = fields.Integer(validate=validate.Range(min=1), metadata=_doc("stream: symbols per connection"))
+    flush_ms = fields.Float(validate=validate.Range(min=1), metadata=_doc("stream: commit ticks at least this often"))
+    flush_max = fields.Integer(validate=validate.Range(min=1), metadata=_doc("stream: most ticks per commit"))
+    silence_s = fields.Float(validate=validate.Range(min=0.1), metadata=_doc(
+        "stream: no frame for this long during a session means a dead connection"))
+    ping_s = fields.Float(validate=validate.Range(min=0.1), metadata=_doc("stream: websocket ping interval"))
+    lease_ttl_s = fields.Float(validate=validate.Range(min=0.5), metadata=_doc(
+        "stream: a shard's lease; another worker takes a dead consumer's shard over after it"))
+    backoff_base_s = fields.Float(validate=validate.Range(min=0), metadata=_doc("stream: first reconnect delay"))
+    backoff_cap_s = fields.Float(validate=validate.Range(min=0), metadata=_doc("stream: longest reconnect delay"))
+    max_session_s = fields.Float(validate=validate.Range(min=1), metadata=_doc(
+        "stream: a consumer ends after this and the supervisor starts a fresh one"))
+    max_backlog = fields.Integer(validate=validate.Range(min=1), metadata=_doc(
+        "stream: ticks held in memory awaiting their commit; more are spilled to Redis"))
+    config_check_s = fields.Float(validate=validate.Range(min=0.1), metadata=_doc(
+        "stream: how often the symbol list is re-read (subscribe/unsubscribe without a restart)"))
+    gap_margin_s = fields.Float(validate=validate.Range(min=0), metadata=_doc(
+        "stream: a gap fill asks for this much more on both sides"))
+    gap_fill_max_s = fields.Float(validate=validate.Range(min=0), metadata=_doc(
+        "stream: longer gaps are reported, not filled over REST"))
 
 
 class PipelineSchema(_Strict):
-    data_type = fields.String(required=True, validate=validate.OneOf(DATA_TYPES))
-    provider = fields.String(required=True)
-    # Either the name of a list under ``symbols`` or an inline list of tickers.
-    symbols = fields.Raw(required=True)
-    interval = fields.String(load_default="1d", validate=validate.OneOf(("1m", "5m", "15m", "1h", "1d")))
-    queue = fields.String(validate=validate.OneOf(QUEUES))
-    enabled = fields.Boolean(load_default=True)
-    batch_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000))
-    options = fields.Dict(keys=fields.String(), load_default=dict)
+    data_type = fields.String(required=True, validate=validate.OneOf(DATA_TYPES), metadata=_doc("what it loads"))
+    provider = fields.String(required=True, metadata=_doc("a provider supplying the data type"))
+    symbols = fields.Raw(required=True, metadata={**_doc(
+        "the name of a universe under `symbols`, or an inline list of tickers"), "type": "name or list"})
+    interval = fields.String(load_default="1d", validate=validate.OneOf(("1m", "5m", "15m", "1h", "1d")),
+                             metadata=_doc("bar interval"))
+    queue = fields.String(validate=validate.OneOf(QUEUES), metadata=_doc(
+        "Celery queue of its tasks", "the data type's: bars historical, trades realtime, news, fundamentals"))
+    enabled = fields.Boolean(load_default=True, metadata=_doc(
+        "disabled pipelines are not scheduled, streamed or required to have keys"))
+    batch_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000),
+                                metadata=_doc("symbols per fetch → transform → load chain"))
+    options = fields.Nested(PipelineOptionsSchema, load_default=dict, metadata=_doc("pipeline options"))
+
+
+class CelerySchema(_Strict):
+    visibility_timeout_s = fields.Integer(validate=validate.Range(min=1), metadata=_doc(
+        "Redis redelivers a message unacked this long; above every stages.*.backoff_cap_s"))
+    unacked_restore_interval_s = fields.Integer(validate=validate.Range(min=1), metadata=_doc(
+        "how often workers look for the messages of dead workers", 10))
+    result_expires_s = fields.Integer(validate=validate.Range(min=60), metadata=_doc("task results kept this long"))
+    beat_lock_timeout_s = fields.Integer(validate=validate.Range(min=5), metadata=_doc(
+        "RedBeat's lock: a second beat waits; it takes over this long after the first died", 150))
+    beat_max_loop_interval_s = fields.Integer(validate=validate.Range(min=1), metadata=_doc(
+        "beat re-reads its schedules at least this often (runtime edits take effect within it)", 30))
+
+
+class PayloadsSchema(_Strict):
+    inline_max_bytes = fields.Integer(validate=validate.Range(min=0), metadata=_doc(
+        "larger stage payloads travel through Redis by reference"))
+    ttl_s = fields.Integer(validate=validate.Range(min=60), metadata=_doc(
+        "a payload by reference expires after this (deleted at once after its load)"))
+
+
+class SimSchema(_Strict):
+    seed = fields.Integer(metadata=_doc("seed of the simulator's deterministic prices and tapes"))
+    faults = fields.Dict(keys=fields.String(), values=fields.Dict(), metadata=_doc(
+        "faults per provider: `{alpaca: {rate: 0.3, kinds: [429, 503, timeout]}}`"))
+    keys = fields.Dict(keys=fields.String(), metadata=_doc(
+        "API keys the simulator accepts per provider (default: any)"))
+    slow_s = fields.Float(validate=validate.Range(min=0), metadata=_doc("delay of a `slow` fault", 3.0))
+    premium = fields.Boolean(metadata=_doc("Alpha Vantage premium features (`outputsize=full`) allowed", False))
 
 
 class DlqSchema(_Strict):
-    max_entries = fields.Integer(validate=validate.Range(min=1))
-    retention_days = fields.Float(validate=validate.Range(min=0.01))
+    max_entries = fields.Integer(validate=validate.Range(min=1), metadata=_doc(
+        "dead letters kept; the oldest go first"))
+    retention_days = fields.Float(validate=validate.Range(min=0.01), metadata=_doc("dead letters older go"))
 
 
 class RunsSchema(_Strict):
-    stale_after_s = fields.Float(validate=validate.Range(min=60))
+    stale_after_s = fields.Float(validate=validate.Range(min=60), metadata=_doc(
+        "a batch with no sign of life this long is dead-lettered by the sweeper"))
 
 
 class MetricsSchema(_Strict):
-    port = fields.Integer(validate=validate.Range(min=0, max=65535))
-    address = fields.String()
-    multiproc_dir = fields.String()
+    port = fields.Integer(validate=validate.Range(min=0, max=65535), metadata=_doc(
+        "each worker's Prometheus endpoint (0: off)"))
+    address = fields.String(metadata=_doc("address it listens on"))
+    multiproc_dir = fields.String(metadata=_doc("where pool processes share their metrics, under var_dir"))
 
 
 class ExporterSchema(_Strict):
-    port = fields.Integer(validate=validate.Range(min=1, max=65535))
-    address = fields.String()
-    worker_timeout_s = fields.Float(validate=validate.Range(min=1))
-    inspect_interval_s = fields.Float(validate=validate.Range(min=1))
-    status_interval_s = fields.Float(validate=validate.Range(min=0))
+    port = fields.Integer(validate=validate.Range(min=1, max=65535), metadata=_doc(
+        "`stockpulse exporter`'s Prometheus endpoint"))
+    address = fields.String(metadata=_doc("address it listens on"))
+    worker_timeout_s = fields.Float(validate=validate.Range(min=1), metadata=_doc(
+        "a worker silent this long reads as down"))
+    inspect_interval_s = fields.Float(validate=validate.Range(min=1), metadata=_doc(
+        "how often workers are asked which queues they consume"))
+    status_interval_s = fields.Float(validate=validate.Range(min=0), metadata=_doc(
+        "the stockpulse_* gauges re-read the database and Redis at most this often"))
 
 
 class FlowerSchema(_Strict):
-    address = fields.String()
-    port = fields.Integer(validate=validate.Range(min=1, max=65535))
+    address = fields.String(metadata=_doc("a non-loopback address requires basic_auth"))
+    port = fields.Integer(validate=validate.Range(min=1, max=65535), metadata=_doc("Flower's port"))
     basic_auth = fields.String(allow_none=True, validate=validate.Regexp(
-        r"^[^:,\s]+:[^,\s]+(,[^:,\s]+:[^,\s]+)*$", error="basic_auth must be user:password[,user:password]"))
-    max_tasks = fields.Integer(validate=validate.Range(min=100, max=1_000_000))
-    url_prefix = fields.String()
+        r"^[^:,\s]+:[^,\s]+(,[^:,\s]+:[^,\s]+)*$", error="basic_auth must be user:password[,user:password]"),
+        metadata=_doc("`user:password[,user:password]`"))
+    max_tasks = fields.Integer(validate=validate.Range(min=100, max=1_000_000), metadata=_doc(
+        "tasks kept in Flower's memory"))
+    url_prefix = fields.String(metadata=_doc("path prefix behind a reverse proxy"))
 
 
 class LoggingSchema(_Strict):
-    level = fields.String(validate=validate.OneOf(("DEBUG", "INFO", "WARNING", "ERROR")))
-    format = fields.String(validate=validate.OneOf(("json", "console")))
+    level = fields.String(validate=validate.OneOf(("DEBUG", "INFO", "WARNING", "ERROR")), metadata=_doc(
+        "log level", "the -l option of celery commands"))
+    format = fields.String(validate=validate.OneOf(("json", "console")), metadata=_doc(
+        "`json`: one JSON object per line with run/task ids; `console` for development"))
 
 
 class SettingsSchema(_Strict):
-    environment = fields.String(required=True)
+    environment = fields.String(required=True, metadata=_doc("tags logs, metrics and Sentry events"))
     database_url = fields.String(required=True, validate=validate.Regexp(
-        r"^(sqlite|postgresql)(\+\w+)?://", error="database_url must be a sqlite:// or postgresql:// URL"))
+        r"^(sqlite|postgresql)(\+\w+)?://", error="database_url must be a sqlite:// or postgresql:// URL"),
+        metadata=_doc("`sqlite:///…` (relative to the project root) or `postgresql://…` (psycopg 3)"))
     redis_url = fields.String(required=True, validate=validate.Regexp(
-        r"^rediss?://", error="redis_url must be a redis:// or rediss:// URL"))
-    timezone = fields.String(required=True, validate=_timezone)
-    var_dir = fields.String(required=True)
-    beat_schedule_path = fields.String(required=True)
-    celery = fields.Dict(keys=fields.String(), required=True)
-    payloads = fields.Dict(keys=fields.String(), required=True)
-    dlq = fields.Nested(lambda: DlqSchema(), required=True)
-    runs = fields.Nested(lambda: RunsSchema(), required=True)
-    metrics = fields.Nested(lambda: MetricsSchema(), required=True)
-    exporter = fields.Nested(lambda: ExporterSchema(), required=True)
-    flower = fields.Nested(lambda: FlowerSchema(), required=True)
-    stages = fields.Nested(StagesSchema, required=True)
-    logging = fields.Nested(LoggingSchema, required=True)
-    providers = fields.Dict(keys=fields.String(), values=fields.Nested(ProviderSchema), required=True)
-    symbols = fields.Dict(keys=fields.String(), values=fields.List(fields.String(validate=_ticker)),
-                          required=True)
+        r"^rediss?://", error="redis_url must be a redis:// or rediss:// URL"),
+        metadata=_doc("broker, RedBeat, payloads, quotas, DLQ"))
+    timezone = fields.String(required=True, validate=_timezone, metadata=_doc(
+        "Celery's timezone: crons in beat_schedule.yaml run in it"))
+    var_dir = fields.String(required=True, metadata=_doc("runtime files: SQLite, private Redis, logs"))
+    beat_schedule_path = fields.String(required=True, metadata=_doc("the file beat seeds RedBeat from"))
+    celery = fields.Nested(CelerySchema, required=True, metadata=_doc("Celery"))
+    payloads = fields.Nested(PayloadsSchema, required=True, metadata=_doc("stage payloads"))
+    dlq = fields.Nested(lambda: DlqSchema(), required=True, metadata=_doc("dead-letter queue"))
+    runs = fields.Nested(lambda: RunsSchema(), required=True, metadata=_doc("run bookkeeping"))
+    metrics = fields.Nested(lambda: MetricsSchema(), required=True, metadata=_doc("worker metrics"))
+    exporter = fields.Nested(lambda: ExporterSchema(), required=True, metadata=_doc("Celery-event exporter"))
+    flower = fields.Nested(lambda: FlowerSchema(), required=True, metadata=_doc("Flower"))
+    stages = fields.Nested(StagesSchema, required=True, metadata=_doc("retry policy per stage"))
+    logging = fields.Nested(LoggingSchema, required=True, metadata=_doc("logging"))
+    providers = fields.Dict(keys=fields.String(), values=fields.Nested(ProviderSchema), required=True,
+                            metadata=_doc("providers by name: alpaca, polygon, alphavantage, coinbase, "
+                                          "finnhub, sec, rss"))
+    symbols = fields.Dict(keys=fields.String(), values=fields.Raw(), required=True, metadata={"type": "list or mapping", "per_name": True, **_doc(
+        "a named symbol universe: a list of tickers, `{file: path}` (one per line, or CSV with a `symbol` "
+        "column; relative to the project root) or `{table: name, column: symbol}` (a database table); a "
+        "file or table is read again by every run")})
     pipelines = fields.Dict(keys=fields.String(validate=validate.Regexp(r"^[a-z][a-z0-9_]*$")),
-                            values=fields.Nested(PipelineSchema), required=True)
-    sim = fields.Dict(keys=fields.String(), required=True)
+                            values=fields.Nested(PipelineSchema), required=True,
+                            metadata=_doc("pipelines by name"))
+    sim = fields.Nested(SimSchema, required=True, metadata=_doc("the loopback simulator (`stockpulse sim serve`)"))
 
     @validates_schema
     def _visibility_above_countdowns(self, data: dict, **_: Any) -> None:
@@ -489,27 +638,41 @@ def load_settings(environ: Mapping[str, str] | None = None, *, root: Path | None
 
 
 def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
-    symbols = {name: tuple(items) for name, items in data["symbols"].items()}
+    from stockpulse.universes import from_config
+
+    problems: list[str] = []
+    symbols: dict[str, Universe] = {}
+    for name, spec in data["symbols"].items():
+        bad = [(i, s) for i, s in enumerate(spec) if not TICKER_PATTERN.match(str(s))] if isinstance(spec, list) else []
+        if bad:
+            problems.append(f"symbols.{name}.{bad[0][0]}: invalid symbol {bad[0][1]!r}: tickers are upper case "
+                            "letters and digits, optionally one '.' or '-' class suffix (e.g. AAPL, BRK.B, BTC-USD) "
+                            f"(from {_origin('symbols.' + name, origins)})")
+            continue
+        try:
+            symbols[name] = from_config(name, spec, root)
+        except ConfigError as exc:
+            problems.append(f"symbols.{name}: {exc} (from {_origin('symbols.' + name, origins)})")
     providers = {
         name: ProviderSettings(name=name, **values) for name, values in data["providers"].items()
     }
     pipelines: dict[str, PipelineSettings] = {}
-    problems: list[str] = []
     for name, raw in data["pipelines"].items():
         sym_spec = raw["symbols"]
         path = f"pipelines.{name}.symbols"
         if isinstance(sym_spec, str):
             if sym_spec not in symbols:
-                problems.append(f"{path}: names symbol list {sym_spec!r}, which is not defined under "
-                                f"'symbols' (from {_origin(path, origins)})")
+                if sym_spec not in data["symbols"]:
+                    problems.append(f"{path}: names symbol list {sym_spec!r}, which is not defined under "
+                                    f"'symbols' (from {_origin(path, origins)})")
                 continue
-            resolved = symbols[sym_spec]
+            universe = symbols[sym_spec]
         elif isinstance(sym_spec, list) and all(isinstance(s, str) for s in sym_spec):
             bad = [s for s in sym_spec if not TICKER_PATTERN.match(s)]
             if bad:
                 problems.append(f"{path}: invalid symbol {bad[0]!r} (from {_origin(path, origins)})")
                 continue
-            resolved = tuple(sym_spec)
+            universe = Universe(f"pipelines.{name}", tickers=tuple(sym_spec))
         else:
             problems.append(f"{path}: must be a symbol list name or a list of tickers "
                             f"(from {_origin(path, origins)})")
@@ -518,7 +681,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
             name=name,
             data_type=raw["data_type"],
             provider=raw["provider"],
-            symbols=resolved,
+            universe=universe,
             interval=raw["interval"],
             queue=raw.get("queue") or DEFAULT_QUEUE[raw["data_type"]],
             enabled=raw["enabled"],
@@ -614,6 +777,11 @@ def redacted(settings: Settings) -> dict[str, Any]:
 
     data = asdict(settings)
     data.pop("origins", None)
+    # Universes as configured: a list, or where a file/table one is read from (not read here).
+    data["symbols"] = {name: _universe_data(u) for name, u in settings.symbols.items()}
+    for name, pipe in settings.pipelines.items():
+        data["pipelines"][name].pop("universe")
+        data["pipelines"][name]["symbols"] = _universe_data(pipe.universe)
 
     def scrub(node: Any, key: str = "") -> Any:
         if isinstance(node, dict):
@@ -627,6 +795,14 @@ def redacted(settings: Settings) -> dict[str, Any]:
         return node
 
     return scrub(data)
+
+
+def _universe_data(universe: Universe) -> Any:
+    if universe.file:
+        return {"file": universe.file}
+    if universe.table:
+        return {"table": universe.table, "column": universe.column}
+    return list(universe.tickers)
 
 
 def redact_url(url: str) -> str:
