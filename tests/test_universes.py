@@ -29,7 +29,7 @@ def test_file_one_per_line_or_csv_and_reread_when_changed(tmp_path: Path) -> Non
     assert pipe.symbols == ("AAPL", "BRK.B")  # the same settings object sees the edit
     (tmp_path / "watch.txt").write_text("AAPL\nnot a ticker\n")
     with pytest.raises(ConfigError, match=r"symbols\.watch \(file .*watch\.txt\): line 2: 'not a ticker'"):
-        pipe.symbols
+        _ = pipe.symbols
 
 
 def test_missing_file_is_a_configuration_error(tmp_path: Path) -> None:
