@@ -538,13 +538,14 @@ def status(as_json: bool) -> None:
     colours = {"succeeded": "green", "partial": "yellow", "failed": "red", "running": "cyan", "queued": "cyan",
                "skipped": "white"}
     table = Table("pipeline", "data type", "provider", "queue", "last run", "status", "loaded", "last success",
-                  "newest record", "quarantined", "missing sessions", title="Pipelines")
+                  "newest record", "due", "quarantined", "missing sessions", title="Pipelines")
     for p in snap.pipelines:
         state = p.last_status or "never run"
         state = f"[{colours.get(state, 'white')}]{state}[/]" if p.enabled else f"[dim]{state} (disabled)[/]"
         table.add_row(p.name, p.data_type, p.provider, p.queue, _ago(p.last_finished_at, now), state,
                       "-" if p.last_records_loaded is None else f"{p.last_records_loaded:,}",
-                      _ago(p.last_success_at, now), _ago(p.newest_record_at, now), str(p.quarantined),
+                      _ago(p.last_success_at, now), _ago(p.newest_record_at, now), _due(p.freshness),
+                      str(p.quarantined),
                       "-" if p.missing_sessions is None else str(p.missing_sessions))
     console = Console(width=200)
     console.print(table)
@@ -559,6 +560,22 @@ def status(as_json: bool) -> None:
     for problem in snap.problems:
         console.print(f"[red]cannot read {problem}[/]")
     sys.exit(1 if snap.problems else 0)
+
+
+def _due(freshness: Any) -> str:
+    """The calendar's verdict on a pipeline's data, for ``status``."""
+    if freshness is None:
+        return "-"
+    if not freshness.expected:
+        return "[dim]nothing due[/]"
+    if not freshness.late:
+        return "[green]on time[/]"
+    if freshness.overdue_s == float("inf"):
+        return "[red]none loaded[/]"
+    minutes = int(freshness.overdue_s // 60)
+    late = f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+    symbols = f", {freshness.stale_symbols} symbols" if freshness.stale_symbols else ""
+    return f"[red]late {late}{symbols}[/]"
 
 
 @main.command()

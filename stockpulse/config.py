@@ -323,6 +323,8 @@ class PipelineOptionsSchema(_Strict):
         "detection, freshness and streams", "XNYS; always for Coinbase"))
     settle_hours = fields.Float(validate=validate.Range(min=0, max=72), metadata=_doc(
         "a session's daily bar is expected this long after its close (gaps, freshness)", 2.0))
+    freshness_lag_s = fields.Float(validate=validate.Range(min=1), metadata=_doc(
+        "ticks (and intraday bars) are overdue when the newest is older than this during a session", 300.0))
     backfill_queue = fields.String(validate=validate.OneOf(QUEUES), metadata=_doc(
         "queue of a stream pipeline's REST runs (gap fills, backfills)", "historical"))
     shard_size = fields.Integer(validate=validate.Range(min=1), metadata=_doc("stream: symbols per connection"))

@@ -248,6 +248,15 @@ class StatusCollector:
             "missing": GaugeMetricFamily("stockpulse_missing_sessions",
                                          "Sessions the exchange calendar expects that the pipeline's daily bars "
                                          "lack, at the last daily gap detection", labels=pipe_labels),
+            "expected": GaugeMetricFamily("stockpulse_data_expected",
+                                          "1 when the pipeline's exchange calendar expects new data by now",
+                                          labels=pipe_labels),
+            "overdue": GaugeMetricFamily("stockpulse_data_overdue_seconds",
+                                         "How long data the calendar expects has been due (0: on time; +Inf: "
+                                         "none ever loaded)", labels=pipe_labels),
+            "stale_symbols": GaugeMetricFamily("stockpulse_data_stale_symbols",
+                                               "Symbols lacking the daily bar of the last settled session",
+                                               labels=pipe_labels),
             "breaker": GaugeMetricFamily("stockpulse_circuit_breaker_state",
                                          "Provider circuit breaker: 0 closed, 1 half-open, 2 open",
                                          labels=["provider"]),
@@ -277,6 +286,10 @@ class StatusCollector:
                 g["last_status"].add_metric([*labels, p.last_status], 1)
             if p.missing_sessions is not None:
                 g["missing"].add_metric(labels, p.missing_sessions)
+            if p.freshness is not None:
+                g["expected"].add_metric(labels, int(p.freshness.expected))
+                g["overdue"].add_metric(labels, p.freshness.overdue_s)
+                g["stale_symbols"].add_metric(labels, p.freshness.stale_symbols)
         if not any(p.startswith("redis") for p in snap.problems):
             g["dlq"].add_metric([], snap.dlq_depth)
             for prov in snap.providers:

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from stockpulse.config import QUEUES, Settings, get_settings
+from stockpulse.observability.freshness import Freshness, assess
 
 BREAKER_STATE_VALUE = {"closed": 0, "half-open": 1, "open": 2}
 
@@ -34,6 +35,7 @@ class PipelineStatus:
     newest_record_at: datetime | None = None
     quarantined: int = 0
     missing_sessions: int | None = None  # at the last daily gap detection (daily bars only)
+    freshness: Freshness | None = None  # what the calendar expects by now (enabled pipelines)
 
     def freshness_s(self, now: datetime) -> float | None:
         return None if self.newest_record_at is None else (now - self.newest_record_at).total_seconds()
@@ -93,9 +95,16 @@ def take_snapshot(settings: Settings | None = None) -> Snapshot:
                  for name, p in sorted(settings.pipelines.items())}
     snapshot = Snapshot(now, list(pipelines.values()), {}, 0, [])
     try:
-        _read_database(pipelines)
+        marks = _read_database(pipelines)
     except Exception as exc:
         snapshot.problems.append(f"database: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+    else:
+        for name, status in pipelines.items():
+            if status.enabled:
+                try:
+                    status.freshness = assess(settings.pipelines[name], marks.get(name, {}), now)
+                except Exception as exc:  # e.g. a symbol file gone: say so, keep the rest
+                    snapshot.problems.append(f"freshness of {name}: {type(exc).__name__}: {exc}")
     try:
         _read_redis(snapshot, settings)
     except Exception as exc:
@@ -103,7 +112,8 @@ def take_snapshot(settings: Settings | None = None) -> Snapshot:
     return snapshot
 
 
-def _read_database(pipelines: dict[str, PipelineStatus]) -> None:
+def _read_database(pipelines: dict[str, PipelineStatus]) -> dict[str, dict[str, datetime]]:
+    """Fills the pipelines' run and data facts; returns each pipeline's watermark per symbol."""
     from stockpulse.db.engine import get_engine
     from stockpulse.db.models import pipeline_runs as runs_t
     from stockpulse.db.models import quarantine as quarantine_t
@@ -129,14 +139,19 @@ def _read_database(pipelines: dict[str, PipelineStatus]) -> None:
             if name in pipelines:
                 pipelines[name].last_success_at = finished_at
         # Watermarks hold each pipeline's newest loaded record per symbol: a small table, unlike the data.
-        for name, last_ts in conn.execute(select(watermarks_t.c.pipeline, func.max(watermarks_t.c.last_ts))
-                                          .group_by(watermarks_t.c.pipeline)):
-            if name in pipelines:
-                pipelines[name].newest_record_at = last_ts
+        marks: dict[str, dict[str, datetime]] = {}
+        for name, symbol, last_ts in conn.execute(select(watermarks_t.c.pipeline, watermarks_t.c.symbol,
+                                                         watermarks_t.c.last_ts)):
+            if name in pipelines and last_ts is not None:
+                last_ts = last_ts if last_ts.tzinfo else last_ts.replace(tzinfo=UTC)  # SQLite drops the zone
+                marks.setdefault(name, {})[symbol] = last_ts
+        for name, by_symbol in marks.items():
+            pipelines[name].newest_record_at = max(by_symbol.values())
         for name, count in conn.execute(select(quarantine_t.c.pipeline, func.count())
                                         .group_by(quarantine_t.c.pipeline)):
             if name in pipelines:
                 pipelines[name].quarantined = int(count)
+    return marks
 
 
 def _read_redis(snapshot: Snapshot, settings: Settings) -> None:
