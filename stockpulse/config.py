@@ -69,7 +69,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     # worker consumes is asked at most every inspect_interval_s; the stockpulse_* gauges are recomputed at
     # most every status_interval_s (they read the database and Redis).
     "exporter": {"port": 9808, "address": "0.0.0.0", "worker_timeout_s": 30, "inspect_interval_s": 30,
-                 "status_interval_s": 5},
+                 "status_interval_s": 5, "run_grace_s": 1800},
     # Flower refuses to start on a non-loopback address without basic_auth ("user:password[,user:password]").
     "flower": {"address": "127.0.0.1", "port": 5555, "basic_auth": None, "max_tasks": 10000,
                "url_prefix": ""},
@@ -422,6 +422,8 @@ class ExporterSchema(_Strict):
         "how often workers are asked which queues they consume"))
     status_interval_s = fields.Float(validate=validate.Range(min=0), metadata=_doc(
         "the stockpulse_* gauges re-read the database and Redis at most this often"))
+    run_grace_s = fields.Float(validate=validate.Range(min=0), metadata=_doc(
+        "a scheduled run has this long to succeed before its pipeline counts as having missed it"))
 
 
 class FlowerSchema(_Strict):

@@ -14,7 +14,7 @@ definition as last seeded) and ``stockpulse:schedules:edited`` (name -> edited |
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -110,6 +110,7 @@ class ScheduleInfo:
     last_run_at: datetime | None
     next_run_at: datetime | None
     kwargs: dict[str, Any]
+    celery_schedule: Any = field(default=None, repr=False, compare=False)  # crontab or schedule
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "target": self.target, "schedule": self.schedule, "enabled": self.enabled,
@@ -166,7 +167,7 @@ class Schedules:
             when = (f"{rule['after_close_s'] / 60:g} min after each {rule['calendar']} close (checked {when})"
                     if rule.get("after_close_s") is not None else f"{when}, {rule['calendar']} {rule.get('when')}")
         return ScheduleInfo(entry.name, kwargs.get("pipeline") or entry.task, when, bool(entry.enabled), origin,
-                            entry.last_run_at, next_run, kwargs)
+                            entry.last_run_at, next_run, kwargs, entry.schedule)
 
     def list(self) -> list[ScheduleInfo]:
         from redbeat.schedulers import RedBeatSchedulerEntry

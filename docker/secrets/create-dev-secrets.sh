@@ -10,5 +10,9 @@ random() { head -c 24 /dev/urandom | base64 | tr -d '/+=' ; }
 [ -f flower_basic_auth ] || echo "admin:$(cat flower_password)" > flower_basic_auth
 [ -f grafana_admin_password ] || random > grafana_admin_password
 for key in alpaca_api_key alpaca_api_secret; do [ -f "$key" ] || : > "$key"; done
+# Alertmanager's receivers: a Slack(-compatible) incoming-webhook URL and the SMTP relay's password, from the
+# environment (the loopback default goes nowhere: set ALERT_WEBHOOK_URL before the first run).
+[ -f alert_webhook_url ] || echo "${ALERT_WEBHOOK_URL:-http://127.0.0.1:9/unset}" > alert_webhook_url
+[ -f smtp_password ] || printf '%s' "${SMTP_PASSWORD:-}" > smtp_password
 chmod 600 ./*_password ./*_url ./*_auth ./*_key ./*_secret
 echo "secrets in $(pwd); add your Alpaca key and secret to alpaca_api_key / alpaca_api_secret"

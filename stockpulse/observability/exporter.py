@@ -231,7 +231,8 @@ class StatusCollector:
 
         snap = take_snapshot()
         now = snap.taken_at
-        pipe_labels = ["pipeline", "data_type", "provider"]
+        # The queue lets Alertmanager silence a pipeline's alerts while no worker consumes its queue.
+        pipe_labels = ["pipeline", "data_type", "provider", "queue"]
         g = {
             "fresh_type": GaugeMetricFamily("stockpulse_data_freshness_seconds",
                                             "Age of the newest stored record of the data type", labels=["data_type"]),
@@ -248,6 +249,12 @@ class StatusCollector:
             "missing": GaugeMetricFamily("stockpulse_missing_sessions",
                                          "Sessions the exchange calendar expects that the pipeline's daily bars "
                                          "lack, at the last daily gap detection", labels=pipe_labels),
+            "last_success": GaugeMetricFamily("stockpulse_pipeline_last_success_timestamp_seconds",
+                                              "When a run of the pipeline last succeeded or was partial (0: "
+                                              "never), from the database", labels=pipe_labels),
+            "due": GaugeMetricFamily("stockpulse_schedule_last_due_timestamp_seconds",
+                                     "The newest fire of the pipeline's schedules at least exporter.run_grace_s "
+                                     "old: a success is owed since then", labels=pipe_labels),
             "expected": GaugeMetricFamily("stockpulse_data_expected",
                                           "1 when the pipeline's exchange calendar expects new data by now",
                                           labels=pipe_labels),
@@ -277,7 +284,7 @@ class StatusCollector:
         for data_type, newest in sorted(snap.newest_by_data_type().items()):
             g["fresh_type"].add_metric([data_type], (now - newest).total_seconds())
         for p in snap.pipelines:
-            labels = [p.name, p.data_type, p.provider]
+            labels = [p.name, p.data_type, p.provider, p.queue]
             g["enabled"].add_metric(labels, int(p.enabled))
             g["quarantine"].add_metric(labels, p.quarantined)
             if p.newest_record_at:
@@ -286,6 +293,10 @@ class StatusCollector:
                 g["last_status"].add_metric([*labels, p.last_status], 1)
             if p.missing_sessions is not None:
                 g["missing"].add_metric(labels, p.missing_sessions)
+            if p.enabled and "database" not in " ".join(snap.problems):
+                g["last_success"].add_metric(labels, p.last_success_at.timestamp() if p.last_success_at else 0)
+            if p.schedule_due_at is not None:
+                g["due"].add_metric(labels, p.schedule_due_at.timestamp())
             if p.freshness is not None:
                 g["expected"].add_metric(labels, int(p.freshness.expected))
                 g["overdue"].add_metric(labels, p.freshness.overdue_s)

@@ -35,6 +35,8 @@ class PipelineStatus:
     newest_record_at: datetime | None = None
     quarantined: int = 0
     missing_sessions: int | None = None  # at the last daily gap detection (daily bars only)
+    # The newest moment its schedules fired at least exporter.run_grace_s ago (a success is owed since).
+    schedule_due_at: datetime | None = None
     freshness: Freshness | None = None  # what the calendar expects by now (enabled pipelines)
 
     def freshness_s(self, now: datetime) -> float | None:
@@ -167,6 +169,7 @@ def _read_redis(snapshot: Snapshot, settings: Settings) -> None:
     missing = recorded_missing(client)
     for pipe in snapshot.pipelines:
         pipe.missing_sessions = missing.get(pipe.name)
+    _read_schedules(snapshot, settings)
     info = client.info()
     snapshot.redis = {key: info.get(key) for key in ("used_memory", "maxmemory", "connected_clients",
                                                      "maxmemory_policy")}
@@ -175,3 +178,21 @@ def _read_redis(snapshot: Snapshot, settings: Settings) -> None:
         state, failures = breaker.state(name)
         quota = quotas.status(name)
         snapshot.providers.append(ProviderStatus(name, state, failures, quota.limit, quota.remaining))
+
+
+def _read_schedules(snapshot: Snapshot, settings: Settings) -> None:
+    """Each pipeline's newest schedule fire that a success is owed for (see stockpulse.schedule_due)."""
+    from datetime import timedelta
+
+    from stockpulse.schedule_due import last_due
+    from stockpulse.schedules import Schedules
+
+    grace = timedelta(seconds=float(settings.exporter.get("run_grace_s", 1800)))
+    by_name = {p.name: p for p in snapshot.pipelines}
+    for info in Schedules().list():
+        pipe = by_name.get(info.kwargs.get("pipeline", ""))
+        if pipe is None or not info.enabled or not pipe.enabled:
+            continue
+        due = last_due(info.celery_schedule, info.kwargs, snapshot.taken_at, grace, settings.timezone)
+        if due is not None and (pipe.schedule_due_at is None or due > pipe.schedule_due_at):
+            pipe.schedule_due_at = due

@@ -64,7 +64,8 @@ def config_for_loopback(worker_port: int, exporter_port: int) -> dict[str, Any]:
     config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config.pop("alerting", None)
-    config.pop("rule_files", None)
+    # The real alert rules, evaluated against what is really exported.
+    config["rule_files"] = [str(ROOT / "monitoring" / "alerts" / "*.yml")]
     targets = {"stockpulse-worker": f"127.0.0.1:{worker_port}", "stockpulse-exporter": f"127.0.0.1:{exporter_port}"}
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(targets) <= set(jobs), f"monitoring/prometheus.yml lacks jobs {set(targets) - set(jobs)}"
@@ -155,6 +156,22 @@ def test_prometheus_sees_a_run_and_a_killed_worker_and_every_dashboard_query_is_
         prom.query(substitute_variables(expr))
         checked += 1
     assert checked >= 20
+
+    # Every alert rule evaluates without error against the live series, and the failed run fires its alert
+    # (a retry that succeeded does not: the first run's 503 was retried).
+    def rule_groups() -> list[dict[str, Any]]:
+        return requests.get(f"{prom.url}/api/v1/rules", timeout=5).json()["data"]["groups"]
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not all(r.get("lastEvaluation", "").startswith("2")
+                                                  and not r["lastEvaluation"].startswith("0001")
+                                                  for g in rule_groups() for r in g["rules"]):
+        time.sleep(0.5)
+    broken = [(r["name"], r.get("lastError")) for g in rule_groups() for r in g["rules"] if r["health"] != "ok"]
+    assert not broken and sum(len(g["rules"]) for g in rule_groups()) >= 20, broken
+    failed = prom.wait_for('count(ALERTS{alertname="StockPulseRunFailed", pipeline="daily_bars", '
+                           'alertstate="firing"})', lambda v: v == 1)
+    assert failed == 1
 
     worker.kill(signal.SIGKILL)
     prom.wait_for(f'celery_worker_up{{hostname="{node}"}}', lambda v: v == 0, timeout=20)
