@@ -128,6 +128,22 @@ def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
 
 
 @signals.worker_init.connect
+def _sentry_in_worker(**_: Any) -> None:
+    """Before the pool forks, so every process reports (the SDK restarts its sender after a fork)."""
+    from stockpulse.observability.sentry import init_sentry
+
+    init_sentry(component="worker")
+
+
+@signals.beat_init.connect
+def _sentry_in_beat(**_: Any) -> None:
+    """Beat's check-ins turn each RedBeat entry into a Sentry cron monitor."""
+    from stockpulse.observability.sentry import init_sentry
+
+    init_sentry(component="beat")
+
+
+@signals.worker_init.connect
 @signals.beat_init.connect
 def _require_provider_keys(**_: Any) -> None:
     """Workers and beat need the API keys of enabled pipelines; refuse to start without them."""

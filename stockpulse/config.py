@@ -87,6 +87,8 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "symbols": {},
     "pipelines": {},
     "sim": {"seed": 42},
+    # Off until a DSN is set (STOCKPULSE_SENTRY__DSN_FILE for a secret file).
+    "sentry": {"dsn": None, "traces_sample_rate": 0.0, "monitor_beat_tasks": True, "exclude_beat_tasks": []},
 }
 
 
@@ -165,6 +167,7 @@ class Settings:
     symbols: dict[str, Universe]
     pipelines: dict[str, PipelineSettings]
     sim: dict[str, Any]
+    sentry: dict[str, Any]
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def pipeline(self, name: str) -> PipelineSettings:
@@ -444,6 +447,17 @@ class LoggingSchema(_Strict):
         "`json`: one JSON object per line with run/task ids; `console` for development"))
 
 
+class SentrySchema(_Strict):
+    dsn = fields.String(allow_none=True, metadata=_doc("Sentry DSN; Sentry is off without one"))
+    release = fields.String(allow_none=True, metadata=_doc("release tag of events", "stockpulse@<version>"))
+    server_name = fields.String(allow_none=True, metadata=_doc("host name on events", "the host's"))
+    traces_sample_rate = fields.Float(validate=validate.Range(min=0, max=1), metadata=_doc(
+        "share of tasks traced as Sentry performance transactions"))
+    monitor_beat_tasks = fields.Boolean(metadata=_doc("every beat schedule is a Sentry cron monitor"))
+    exclude_beat_tasks = fields.List(fields.String(), metadata=_doc(
+        "schedule names (or regular expressions) not to monitor, e.g. `supervise-streams`"))
+
+
 class SettingsSchema(_Strict):
     environment = fields.String(required=True, metadata=_doc("tags logs, metrics and Sentry events"))
     database_url = fields.String(required=True, validate=validate.Regexp(
@@ -476,6 +490,7 @@ class SettingsSchema(_Strict):
                             values=fields.Nested(PipelineSchema), required=True,
                             metadata=_doc("pipelines by name"))
     sim = fields.Nested(SimSchema, required=True, metadata=_doc("the loopback simulator (`stockpulse sim serve`)"))
+    sentry = fields.Nested(SentrySchema, required=True, metadata=_doc("error reporting and cron monitors"))
 
     @validates_schema
     def _visibility_above_countdowns(self, data: dict, **_: Any) -> None:
@@ -722,6 +737,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         symbols=symbols,
         pipelines=pipelines,
         sim=data["sim"],
+        sentry=data["sentry"],
         origins=origins,
     )
 

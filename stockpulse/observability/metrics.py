@@ -126,6 +126,10 @@ def initialise() -> None:
             m.records.labels(**labels, stage=stage, outcome=outcome).inc(0)
         for kind in ("quota", "breaker"):
             m.waits.labels(provider=pipe.provider, kind=kind).inc(0)
+        # A failed-runs alert is increase() > 0: the series must exist at 0 before the first failure.
+        for trigger in ("schedule", "manual", "backfill", "replay", "gap_fill"):
+            for status in ("succeeded", "partial", "failed"):
+                m.runs.labels(**labels, trigger=trigger, status=status).inc(0)
         if pipe.queue == "realtime":  # a stream pipeline: its connection states and gap counters start at 0
             for state in ("connecting", "connected", "reconnecting"):
                 m.stream_consumers.labels(**labels, state=state).inc(0)

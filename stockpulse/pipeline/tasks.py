@@ -22,7 +22,7 @@ from stockpulse.datatypes.base import Rejected
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import watermarks as watermarks_t
 from stockpulse.errors import TransientError, classify
-from stockpulse.observability import metrics
+from stockpulse.observability import metrics, sentry
 from stockpulse.pipeline import payloads, runs
 from stockpulse.pipeline.checkpoints import FetchCheckpoint
 from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
@@ -60,6 +60,9 @@ class StageTask(Task):
                 log.info("stage skipped: batch already %s", batch.status, extra=context)
                 return {"skipped": batch.status}
             pipe = get_settings().pipelines.get(pipeline)
+            sentry.tag_scope(pipeline=pipeline, provider=pipe.provider if pipe else None,
+                             data_type=pipe.data_type if pipe else None, run_id=run_id, batch_no=batch_no,
+                             stage=self.stage)
             log.info("%s started", self.stage,
                      extra={**context, "provider": pipe.provider if pipe else None,
                             "data_type": pipe.data_type if pipe else None, "symbols": len(batch.symbols or ())})
@@ -104,7 +107,8 @@ class StageTask(Task):
                         metrics.stage_done(pipeline, self.stage, "retry", time.monotonic() - began)
                         raise self.retry(countdown=delay, exc=error, max_retries=None) from None
             log.error("%s failed for good: %s: %s", self.stage, type(error).__name__, error,
-                      extra={**context, "provider": provider, "error_type": type(error).__name__})
+                      extra={**context, "provider": provider, "error_type": type(error).__name__,
+                             sentry.ALREADY_REPORTED: True})
             self._dead_letter(error, exc, kwargs, args, failures)
             metrics.dead_letter(pipeline, self.stage, type(error).__name__)
             metrics.stage_done(pipeline, self.stage, "failure", time.monotonic() - began)

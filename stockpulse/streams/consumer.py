@@ -34,7 +34,7 @@ from stockpulse.datatypes.base import Rejected
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import stream_fences, stream_gaps, watermarks
 from stockpulse.errors import ConfigError, PermanentError, TransientError, classify
-from stockpulse.observability import metrics
+from stockpulse.observability import metrics, sentry
 from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
 from stockpulse.pipeline.quarantine import quarantine_records
 from stockpulse.providers import PROVIDERS
@@ -123,6 +123,7 @@ class StreamConsumer:
     # ------------------------------------------------------------------------------------------ run
 
     def run(self) -> Session:
+        sentry.tag_scope(**self.context)
         acquired = self.lease.acquire()
         redis_client().delete(starting_key(self.shard))
         if not acquired:

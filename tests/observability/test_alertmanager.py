@@ -7,11 +7,9 @@ import json
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import requests
 import yaml
 
 from tests.conftest import IN_CI, ROOT
+from tests.observability.recorder import RecordingServer, recording_server
 from tests.observability.test_prometheus import free_port
 
 CONFIG = ROOT / "monitoring" / "alertmanager.yml"
@@ -35,37 +34,10 @@ def alertmanager_binary() -> str:
     pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
 
 
-class Webhook(ThreadingHTTPServer):
-    """Records every Slack-style POST (JSON body) it receives."""
-
-    def __init__(self) -> None:
-        self.received: list[dict[str, Any]] = []
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(handler) -> None:  # "self" is the server, whose list it fills
-                body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
-                self.received.append(json.loads(body))
-                handler.send_response(200)
-                handler.end_headers()
-                handler.wfile.write(b"ok")
-
-            def log_message(handler, *args: Any) -> None:
-                return None
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hooks/stockpulse"
-
-
 @pytest.fixture()
-def webhook() -> Iterator[Webhook]:
-    server = Webhook()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
+def webhook() -> Iterator[RecordingServer]:
+    with recording_server(b"ok") as server:
+        yield server
 
 
 @pytest.fixture()
@@ -112,10 +84,10 @@ def alert(**labels: str) -> dict[str, Any]:
                             "runbook_url": f"docs/runbook.md#{name.lower()}"}}
 
 
-def test_routing_grouping_and_inhibition_in_a_real_alertmanager(tmp_path: Path, webhook: Webhook,
+def test_routing_grouping_and_inhibition_in_a_real_alertmanager(tmp_path: Path, webhook: RecordingServer,
                                                                smtp_sink: tuple[int, list[Any]]) -> None:
     smtp_port, emails = smtp_sink
-    config = loopback_config(tmp_path, webhook.url, smtp_port)
+    config = loopback_config(tmp_path, f"{webhook.base_url}/hooks/stockpulse", smtp_port)
     check = subprocess.run([shutil.which("amtool") or "amtool", "check-config", str(config)], capture_output=True,
                            text=True, timeout=30) if shutil.which("amtool") else None
     assert check is None or check.returncode == 0, check.stdout + check.stderr
@@ -153,17 +125,17 @@ def test_routing_grouping_and_inhibition_in_a_real_alertmanager(tmp_path: Path, 
         ]).raise_for_status()
 
         deadline = time.monotonic() + 20
-        while len(webhook.received) < 2 and time.monotonic() < deadline:
+        while len(webhook.bodies) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(5)  # more than two group intervals: nothing else may arrive
-        by_channel = {m["channel"]: m for m in webhook.received}
-        assert sorted(m["channel"] for m in webhook.received) == ["#platform-pages", "#stockpulse-alerts"], \
-            webhook.received
+        received = [json.loads(body) for body in webhook.bodies]
+        by_channel = {m["channel"]: m for m in received}
+        assert sorted(m["channel"] for m in received) == ["#platform-pages", "#stockpulse-alerts"], received
         ticket = by_channel["#stockpulse-alerts"]["attachments"][0]
         assert ticket["title"] == "[FIRING:2] warning: daily_bars"
         assert "StockPulseRunFailed" in ticket["text"] and "StockPulseScheduledRunMissing" in ticket["text"]
         assert "docs/runbook.md#stockpulserunfailed" in ticket["text"]
-        assert "company_news" not in json.dumps(webhook.received)  # inhibited by the unserved queue
+        assert "company_news" not in json.dumps(received)  # inhibited by the unserved queue
         page = by_channel["#platform-pages"]["attachments"][0]
         assert page["title"] == "[FIRING:1] critical: StockPulseQueueUnserved"
 
