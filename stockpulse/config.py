@@ -27,7 +27,7 @@ ENV_PREFIX = "STOCKPULSE_"
 # Variables with our prefix that are not configuration keys.
 RESERVED_ENV = {"STOCKPULSE_CONFIG", "STOCKPULSE_HOME"}
 RESERVED_ENV_PREFIXES = ("STOCKPULSE_TEST_",)
-SECRET_KEYS = {"api_key", "api_secret", "password", "dsn", "token", "basic_auth"}
+SECRET_KEYS = {"api_key", "api_secret", "password", "dsn", "token", "basic_auth", "webhook_url"}
 TICKER_PATTERN = re.compile(r"^[A-Z][A-Z0-9]{0,9}([.-][A-Z0-9]{1,10})?$")
 DATA_TYPES = ("bars", "trades", "fundamentals", "news")
 QUEUES = ("realtime", "historical", "fundamentals", "news", "maintenance")
@@ -89,6 +89,10 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "sim": {"seed": 42},
     # Off until a DSN is set (STOCKPULSE_SENTRY__DSN_FILE for a secret file).
     "sentry": {"dsn": None, "traces_sample_rate": 0.0, "monitor_beat_tasks": True, "exclude_beat_tasks": []},
+    # The built-in notifier (stockpulse.maintenance.notify), for installs without Alertmanager.
+    "notifier": {"enabled": False, "repeat_interval_s": 14400, "log": True, "webhook_url": None,
+                 "runbook_base_url": "", "timeout_s": 10,
+                 "email": {"host": None, "port": 587, "starttls": True, "sender": "stockpulse@localhost", "to": []}},
 }
 
 
@@ -168,6 +172,7 @@ class Settings:
     pipelines: dict[str, PipelineSettings]
     sim: dict[str, Any]
     sentry: dict[str, Any]
+    notifier: dict[str, Any]
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def pipeline(self, name: str) -> PipelineSettings:
@@ -458,6 +463,28 @@ class SentrySchema(_Strict):
         "schedule names (or regular expressions) not to monitor, e.g. `supervise-streams`"))
 
 
+class EmailSinkSchema(_Strict):
+    host = fields.String(allow_none=True, metadata=_doc("SMTP relay; no e-mail without one"))
+    port = fields.Integer(validate=validate.Range(min=1, max=65535), metadata=_doc("SMTP port"))
+    starttls = fields.Boolean(metadata=_doc("upgrade the connection with STARTTLS"))
+    username = fields.String(allow_none=True, metadata=_doc("SMTP login, when the relay wants one"))
+    password = fields.String(allow_none=True, metadata=_doc("SMTP password"))
+    sender = fields.String(metadata=_doc("From address"))
+    to = fields.List(fields.String(), metadata=_doc("recipients"))
+
+
+class NotifierSchema(_Strict):
+    enabled = fields.Boolean(metadata=_doc("evaluate and send alerts (the `notify` schedule, every minute)"))
+    repeat_interval_s = fields.Float(validate=validate.Range(min=1), metadata=_doc(
+        "a firing alert is sent again this often"))
+    log = fields.Boolean(metadata=_doc("write each alert to the log (level WARNING firing, INFO resolved)"))
+    webhook_url = fields.String(allow_none=True, metadata=_doc(
+        "Slack-compatible incoming webhook (Slack, Mattermost, Rocket.Chat)"))
+    runbook_base_url = fields.String(metadata=_doc("prefix of the runbook links (where docs/ is browsable)"))
+    timeout_s = fields.Float(validate=validate.Range(min=0.1, max=120), metadata=_doc("per delivery"))
+    email = fields.Nested(EmailSinkSchema, metadata=_doc("e-mail sink"))
+
+
 class SettingsSchema(_Strict):
     environment = fields.String(required=True, metadata=_doc("tags logs, metrics and Sentry events"))
     database_url = fields.String(required=True, validate=validate.Regexp(
@@ -491,6 +518,7 @@ class SettingsSchema(_Strict):
                             metadata=_doc("pipelines by name"))
     sim = fields.Nested(SimSchema, required=True, metadata=_doc("the loopback simulator (`stockpulse sim serve`)"))
     sentry = fields.Nested(SentrySchema, required=True, metadata=_doc("error reporting and cron monitors"))
+    notifier = fields.Nested(NotifierSchema, required=True, metadata=_doc("the built-in notifier"))
 
     @validates_schema
     def _visibility_above_countdowns(self, data: dict, **_: Any) -> None:
@@ -738,6 +766,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         pipelines=pipelines,
         sim=data["sim"],
         sentry=data["sentry"],
+        notifier=data["notifier"],
         origins=origins,
     )
 
@@ -842,6 +871,8 @@ def known_secrets(settings: Settings | None = None) -> list[str]:
         match = re.search(r"://[^:/@]*:([^@]+)@", url)
         if match:
             values.append(match.group(1))
+    values += [v for v in (settings.notifier.get("webhook_url"), (settings.notifier.get("email") or {}).get("password"),
+                           settings.sentry.get("dsn")) if v and len(v) >= 4]
     for pair in (settings.flower.get("basic_auth") or "").split(","):
         if len(password := pair.partition(":")[2]) >= 4:
             values.append(password)

@@ -64,3 +64,16 @@ def detect_gaps() -> dict[str, int]:
         "gap detection: %d missing sessions over %d pipelines", sum(counts.values()), len(counts),
         extra={"missing_sessions": counts})
     return counts
+
+
+@app.task(name="stockpulse.maintenance.notify")
+def notify() -> list[dict[str, Any]]:
+    """The built-in notifier's evaluation (``notifier.enabled``): alerts from the database and Redis."""
+    from dataclasses import asdict
+
+    from stockpulse.config import get_settings
+    from stockpulse.observability.notifier import notify as evaluate_and_send
+
+    if not get_settings().notifier.get("enabled"):
+        return []
+    return [{"status": n.status, "repeat": n.repeat, **asdict(n.alert)} for n in evaluate_and_send()]

@@ -105,7 +105,7 @@ def test_standalone_from_nothing_loads_bars_and_stops_cleanly(tmp_path: Path) ->
         assert "daily_bars" in status.stdout and "succeeded" in status.stdout
         metrics = requests.get(f"http://127.0.0.1:{exporter_port}/metrics", timeout=10).text
         assert 'stockpulse_pipeline_last_run_status{data_type="bars",pipeline="daily_bars",provider="alpaca",' \
-               'status="succeeded"} 1.0' in metrics
+               'queue="historical",status="succeeded"} 1.0' in metrics
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=60)[0]

@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import requests
 import yaml
 
 from tests.conftest import IN_CI, ROOT
-from tests.observability.recorder import RecordingServer, recording_server
+from tests.observability.recorder import RecordingServer
 from tests.observability.test_prometheus import free_port
 
 CONFIG = ROOT / "monitoring" / "alertmanager.yml"
@@ -32,30 +31,6 @@ def alertmanager_binary() -> str:
     if IN_CI:
         pytest.fail("prometheus-alertmanager is not installed; .ci/run installs Debian's package")
     pytest.skip("prometheus-alertmanager is not installed (apt-get install prometheus-alertmanager)")
-
-
-@pytest.fixture()
-def webhook() -> Iterator[RecordingServer]:
-    with recording_server(b"ok") as server:
-        yield server
-
-
-@pytest.fixture()
-def smtp_sink() -> Iterator[tuple[int, list[Any]]]:
-    from aiosmtpd.controller import Controller
-
-    messages: list[Any] = []
-
-    class Sink:
-        async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-            messages.append(envelope)
-            return "250 OK"
-
-    port = free_port()
-    controller = Controller(Sink(), hostname="127.0.0.1", port=port, auth_require_tls=False)
-    controller.start()
-    yield port, messages
-    controller.stop()
 
 
 def loopback_config(tmp_path: Path, webhook_url: str, smtp_port: int) -> Path:

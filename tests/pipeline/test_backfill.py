@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -104,3 +105,28 @@ def test_interrupted_backfill_resumes_without_refetching_completed_chunks(
     again = cli("backfill", "crypto_daily_bars", *RANGE, "--reprocess", "all")
     assert again.returncode == 0 and "queued 4 backfill runs" in again.stdout
     assert bar_count() == 2 * 91
+
+
+def test_chunks_spread_across_every_worker_on_the_queue(clean_stack: Stack) -> None:
+    from tests.conftest import start_worker
+
+    second = start_worker("second", queues="historical")
+    try:
+        result = cli("backfill", "crypto_daily_bars", "--start", "2024-01-01", "--end", "2024-03-31",
+                     "--chunk-days", "12")
+        assert result.returncode == 0 and "queued 8 backfill runs" in result.stdout, result.stderr
+        from stockpulse.pipeline.runs import get_run
+        from tests.conftest import table_rows
+
+        run_ids = {r.id for r in table_rows("pipeline_runs") if r.trigger == "backfill"}
+        assert all(get_run(r).status == "succeeded" for r in run_ids)
+
+        def fetched_by(log: str) -> set[str]:
+            records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+            return {r["run_id"] for r in records if r.get("message") == "fetch started"}
+
+        mine, theirs = fetched_by(clean_stack.worker.log()), fetched_by(second.log())
+        assert mine & run_ids and theirs & run_ids, (len(mine & run_ids), len(theirs & run_ids))
+        assert (mine | theirs) >= run_ids
+    finally:
+        second.stop()
