@@ -547,7 +547,7 @@ def status(as_json: bool) -> None:
                       _ago(p.last_success_at, now), _ago(p.newest_record_at, now), _due(p.freshness),
                       str(p.quarantined),
                       "-" if p.missing_sessions is None else str(p.missing_sessions))
-    console = Console(width=200)
+    console = Console(width=250)
     console.print(table)
     queues = "  ".join(f"{q} {n}" for q, n in snap.queues.items()) or "-"
     console.print(f"queues waiting: {queues}")
@@ -725,6 +725,39 @@ def dlq_purge(entry_id: str | None, older_than: float | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- quarantine
+
+
+@main.command()
+@click.option("--pipeline")
+@click.option("--since", callback=_since, help="Only findings since (1h, 2d or an ISO time).")
+@click.option("--severity", type=click.Choice(["error", "warn"]))
+@click.option("--check", "check_name", help="Only this check (price_spike, stale_close, ...).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finding.")
+def quality(pipeline: str | None, since: float | None, severity: str | None, check_name: str | None, limit: int,
+            as_json: bool) -> None:
+    """Data-quality findings of the transform stage, newest first (error: the record was quarantined)."""
+    from datetime import UTC, datetime
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from stockpulse.quality import list_findings
+
+    rows = list_findings(pipeline=pipeline, since=datetime.fromtimestamp(since, UTC) if since else None,
+                         severity=severity, check=check_name, limit=limit)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(_row_data(row)))
+        return
+    table = Table("id", "pipeline", "check", "severity", "symbol", "record", "details", "run", "at")
+    for row in rows:
+        details = row.details.get("reason") if isinstance(row.details, dict) else str(row.details)
+        table.add_row(str(row.id), row.pipeline, row.check, row.severity, row.symbol or "-", row.record_key[-40:],
+                      str(details)[:80], row.run_id[:8], row.found_at.strftime("%Y-%m-%d %H:%M:%S"))
+    Console(width=240).print(table)
+    if not rows:
+        click.echo("no findings")
 
 
 @main.group()

@@ -333,6 +333,9 @@ class PipelineOptionsSchema(_Strict):
         "a session's daily bar is expected this long after its close (gaps, freshness)", 2.0))
     freshness_lag_s = fields.Float(validate=validate.Range(min=1), metadata=_doc(
         "ticks (and intraday bars) are overdue when the newest is older than this during a session", 300.0))
+    quality = fields.Dict(keys=fields.String(), values=fields.Dict(), metadata=_doc(
+        "data-quality checks: `{price_spike: {severity: error, threshold: 8}, stale_close: {severity: off}}` "
+        "(docs/operations.md, \"Data quality\")"))
     backfill_queue = fields.String(validate=validate.OneOf(QUEUES), metadata=_doc(
         "queue of a stream pipeline's REST runs (gap fills, backfills)", "historical"))
     shard_size = fields.Integer(validate=validate.Range(min=1), metadata=_doc("stream: symbols per connection"))

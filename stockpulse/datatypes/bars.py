@@ -122,6 +122,154 @@ def from_row(row: list[Any]) -> tuple[Any, ...]:
     return (row[0], row[1], datetime.fromisoformat(row[2]), *row[3:])
 
 
+# ---------------------------------------------------------------------------------- quality checks
+# Plausible-looking but doubtful bars (the schema already rejects impossible ones: high below low, negative
+# volume, non-finite prices). History is the last stored bars of each symbol before the batch.
+
+
+def _history(records: list[dict[str, Any]], ctx: Any) -> dict[str, list[tuple[Any, ...]]]:
+    """Each symbol's series (ts, close, volume): up to ``history`` stored bars before the batch, then the
+    batch's own, in time order; cached for the batch's other checks."""
+    if "bars_series" in ctx.cache:
+        return ctx.cache["bars_series"]
+    from sqlalchemy import select
+
+    size = int(ctx.params.get("history", 60))
+    by_symbol: dict[str, list[int]] = {}
+    for index, r in enumerate(records):
+        by_symbol.setdefault(r["symbol"], []).append(index)
+    first = min((r["ts"] for r in records), default=None)
+    stored: dict[str, list[tuple[datetime, float, float]]] = {}
+    if first is not None and size:
+        interval = records[0]["interval"]
+        span = INTERVAL_LENGTH[interval] * size * (2 if interval == "1d" else 4)  # weekends, nights
+        rows = ctx.conn.execute(
+            select(bars_table.c.symbol, bars_table.c.ts, bars_table.c.close, bars_table.c.volume)
+            .where(bars_table.c.symbol.in_(list(by_symbol)), bars_table.c.interval == interval,
+                   bars_table.c.ts < first, bars_table.c.ts >= first - span)
+            .order_by(bars_table.c.ts))
+        for symbol, ts, close, volume in rows:
+            stored.setdefault(symbol, []).append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), close, volume))
+    series = {}
+    for symbol, indices in by_symbol.items():
+        own = sorted(((records[i]["ts"], records[i]["close"], records[i]["volume"], i) for i in indices),
+                     key=lambda point: point[0])
+        series[symbol] = [(ts, c, v, None) for ts, c, v in stored.get(symbol, [])[-size:]] + own
+    ctx.cache["bars_series"] = series
+    return series
+
+
+def check_price_spike(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A close-to-close log return that is an outlier by its modified z-score over the symbol's recent
+    returns; the bar after a spike (the return back) is not blamed."""
+    from stockpulse.quality import robust_scale, robust_z
+
+    threshold, minimum = float(ctx.params["threshold"]), int(ctx.params["min_history"])
+    found = []
+    for points in _history(records, ctx).values():
+        returns = [math.log(b[1] / a[1]) for a, b in zip(points, points[1:], strict=False) if a[1] > 0 and b[1] > 0]
+        if len(returns) < minimum:
+            continue
+        scale = robust_scale(returns)
+        flagged_sign = 0
+        for prev, cur in zip(points, points[1:], strict=False):
+            if prev[1] <= 0 or cur[1] <= 0:
+                continue
+            r = math.log(cur[1] / prev[1])
+            z = robust_z(r, scale)
+            if z is not None and abs(z) > threshold and not (flagged_sign and (z > 0) != (flagged_sign > 0)):
+                flagged_sign = 1 if z > 0 else -1
+                if cur[3] is not None:
+                    found.append((cur[3], {"reason": f"close {cur[1]:g} is {math.exp(r) - 1:+.1%} from the "
+                                                     f"previous {prev[1]:g} (robust z {z:.1f})",
+                                           "previous_close": prev[1], "z": round(z, 2)}))
+            else:
+                flagged_sign = 0
+    return found
+
+
+def check_volume_spike(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """Volume far above the symbol's recent median (``factor`` times)."""
+    from stockpulse.quality import median
+
+    factor, minimum = float(ctx.params["factor"]), int(ctx.params["min_history"])
+    found = []
+    for points in _history(records, ctx).values():
+        volumes = [p[2] for p in points if p[2] is not None]
+        if len(volumes) < minimum:
+            continue
+        typical = median(volumes)
+        for _ts, _close, volume, index in points:
+            if index is not None and typical > 0 and volume is not None and volume > factor * typical:
+                found.append((index, {"reason": f"volume {volume:g} is {volume / typical:.0f}x the recent median "
+                                                f"{typical:g}", "median_volume": typical}))
+    return found
+
+
+def check_stale_close(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The same close ``run`` bars in a row: a feed that stopped updating."""
+    run = int(ctx.params["run"])
+    found = []
+    for points in _history(records, ctx).values():
+        streak = 1
+        for prev, cur in zip(points, points[1:], strict=False):
+            streak = streak + 1 if cur[1] == prev[1] else 1
+            if streak >= run and cur[3] is not None:
+                found.append((cur[3], {"reason": f"close {cur[1]:g} unchanged for {streak} bars", "run": streak}))
+    return found
+
+
+def check_outside_session(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A bar stamped on a day (daily) or minute (intraday) its exchange calendar does not trade."""
+    from stockpulse.pipeline.gaps import ALWAYS, expected_sessions, pipeline_calendar
+
+    name = pipeline_calendar(ctx.pipe)
+    if name in (ALWAYS, "none") or not records:
+        return []
+    found = []
+    if records[0]["interval"] == "1d":
+        days = [r["ts"].date() for r in records]
+        sessions = set(expected_sessions(name, min(days), max(days)))
+        for i, day in enumerate(days):
+            if day not in sessions:
+                found.append((i, {"reason": f"{day} is not a {name} session"}))
+        return found
+    from stockpulse.calendars import in_session
+
+    for i, r in enumerate(records):
+        if not in_session(name, r["ts"]):
+            found.append((i, {"reason": f"{r['ts'].isoformat()} is outside {name}'s session"}))
+    return found
+
+
+def check_out_of_order(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A bar older than the symbol's previous one in the provider's own order."""
+    last: dict[str, datetime] = {}
+    found = []
+    for i, r in enumerate(records):
+        previous = last.get(r["symbol"])
+        if previous is not None and r["ts"] < previous:
+            found.append((i, {"reason": f"{r['ts'].isoformat()} came after {previous.isoformat()}"}))
+        last[r["symbol"]] = r["ts"] if previous is None else max(previous, r["ts"])
+    return found
+
+
+def _quality_checks() -> tuple[Any, ...]:
+    from stockpulse.quality import Check
+
+    return (
+        Check("price_spike", check_price_spike, "warn", {"threshold": 10.0, "min_history": 20, "history": 60},
+              "close-to-close return an outlier by modified z-score over recent returns"),
+        Check("volume_spike", check_volume_spike, "warn", {"factor": 20.0, "min_history": 20, "history": 60},
+              "volume above factor x the recent median"),
+        Check("stale_close", check_stale_close, "warn", {"run": 5, "history": 60},
+              "the same close for run bars in a row"),
+        Check("outside_session", check_outside_session, "warn", {},
+              "a bar on a day or minute the exchange calendar does not trade"),
+        Check("out_of_order", check_out_of_order, "warn", {}, "timestamps going backwards for a symbol"),
+    )
+
+
 BARS = DataType(
     name="bars",
     schema=BarSchema(),
@@ -133,4 +281,5 @@ BARS = DataType(
     to_row=to_row,
     from_row=from_row,
     event_time=bar_end,
+    quality_checks=_quality_checks(),
 )

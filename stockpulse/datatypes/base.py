@@ -70,6 +70,8 @@ class DataType:
     watermark_points: Callable[[list[tuple[Any, ...]]], dict[str, datetime]] | None = None
     # Whether every requested symbol should yield records (bars) or may have none (news).
     every_symbol_has_data: bool = True
+    # Data-quality checks run on the valid records of each batch (stockpulse/quality.py).
+    quality_checks: tuple[Any, ...] = ()
 
     def validate_one(self, record: Any) -> tuple[dict[str, Any] | None, str | None]:
         """(canonical record, None) or (None, reason)."""

@@ -155,6 +155,26 @@ quarantine = Table(
     Index("ix_quarantine_pipeline_created", "pipeline", "created_at"),
 )
 
+# Data-quality findings of the transform stage's checks (stockpulse/quality.py): a warn finding's record
+# loaded, an error finding's record quarantined as well. One row per (run, batch, check, record).
+data_quality_findings = Table(
+    "data_quality_findings", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("found_at", UTCDateTime(), nullable=False),
+    Column("pipeline", String(64), nullable=False),
+    Column("data_type", String(32), nullable=False),
+    Column("provider", String(32), nullable=False),
+    Column("run_id", String(36), nullable=False),
+    Column("batch_no", Integer, nullable=False),
+    Column("check", String(64), nullable=False),
+    Column("severity", String(8), nullable=False),
+    Column("symbol", String(64)),
+    Column("record_key", String(200), nullable=False),  # the record's natural key, e.g. AAPL|1d|2024-01-02...
+    Column("details", JSON, nullable=False),
+    UniqueConstraint("run_id", "batch_no", "check", "record_key"),
+    Index("ix_quality_pipeline_found", "pipeline", "found_at"),
+)
+
 # News: one article per canonical URL (scheme and host lower-cased, tracking parameters removed, see
 # stockpulse/datatypes/news.py), whichever providers reported it; each provider's sighting in
 # news_article_sources, the symbols it concerns (with provider sentiment where given) in news_symbols.

@@ -76,6 +76,9 @@ def metrics() -> SimpleNamespace:
                              "commit", [*PIPELINE_LABELS, "shard"], multiprocess_mode="livesum"),
         stream_lag=Gauge("stockpulse_stream_load_lag_seconds", "Age of the oldest received tick not yet committed "
                          "(0 when the backlog is empty)", [*PIPELINE_LABELS, "shard"], multiprocess_mode="livemax"),
+        quality_findings=Counter("stockpulse_quality_findings_total",
+                                 "Data-quality findings of the transform stage (error: the record was quarantined)",
+                                 [*PIPELINE_LABELS, "check", "severity"]),
         stream_spilled=Counter("stockpulse_stream_spilled_ticks_total", "Ticks spilled to Redis because the "
                                "in-memory backlog was full, the lease was lost or the consumer stopped",
                                PIPELINE_LABELS),
@@ -126,6 +129,11 @@ def initialise() -> None:
             m.records.labels(**labels, stage=stage, outcome=outcome).inc(0)
         for kind in ("quota", "breaker"):
             m.waits.labels(provider=pipe.provider, kind=kind).inc(0)
+        from stockpulse.datatypes import get_data_type
+
+        for check in get_data_type(pipe.data_type).quality_checks:
+            for severity in ("error", "warn"):
+                m.quality_findings.labels(**labels, check=check.name, severity=severity).inc(0)
         # A failed-runs alert is increase() > 0: the series must exist at 0 before the first failure.
         for trigger in ("schedule", "manual", "backfill", "replay", "gap_fill"):
             for status in ("succeeded", "partial", "failed"):
@@ -141,6 +149,13 @@ def initialise() -> None:
 @safely
 def stage_done(pipeline: str, stage: str, outcome: str, seconds: float) -> None:
     metrics().stage_seconds.labels(**labels_for(pipeline), stage=stage, outcome=outcome).observe(seconds)
+
+
+@safely
+def quality_findings(pipeline: str, found: list[tuple[str, str]]) -> None:
+    labels = labels_for(pipeline)
+    for check, severity in found:
+        metrics().quality_findings.labels(**labels, check=check, severity=severity).inc()
 
 
 @safely

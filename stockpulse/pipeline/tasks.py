@@ -10,11 +10,13 @@ import logging
 import time
 from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 from celery import Task, chain
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
+from stockpulse import quality
 from stockpulse.celery_app import app
 from stockpulse.config import get_settings
 from stockpulse.datatypes import get_data_type
@@ -190,15 +192,25 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
     result = data_type.validate(records)
     if data_type.every_symbol_has_data:
         result.rejected.extend(missing_symbols(query, records, first_record_no=len(records)))
-    rows = data_type.rows(result.valid)
-    handle = payloads.put(rows, run_id=run_id, label=f"b{batch_no}-rows")
     with get_engine().begin() as conn:
+        findings = []
+        if data_type.quality_checks and result.valid:
+            checked = quality.run_checks(data_type.quality_checks, result.valid, pipe, conn,
+                                         data_type.key_of or itemgetter(*data_type.key),
+                                         first_record_no=len(records) + len(query.symbols))
+            result.valid, findings = checked.valid, checked.findings
+            result.rejected.extend(checked.rejected)
+        rows = data_type.rows(result.valid)
+        handle = payloads.put(rows, run_id=run_id, label=f"b{batch_no}-rows")
+        quality.store_findings(conn, findings, pipeline=pipe.name, data_type=pipe.data_type, provider=pipe.provider,
+                               run_id=run_id, batch_no=batch_no)
         quarantine_records(conn, result.rejected, pipeline=pipe.name, run_id=run_id, batch_no=batch_no,
                            data_type=pipe.data_type, provider=pipe.provider)
         runs.stage_finished(conn, run_id, batch_no, "transform", fetched=len(records), valid=len(result.valid),
                             rejected=len(result.rejected))
     metrics.records(pipeline, "transform", fetched=len(records), valid=len(result.valid),
                     rejected=len(result.rejected))
+    metrics.quality_findings(pipeline, [(f.check, f.severity) for f in findings])
     log.info("validated %d records: %d valid, %d quarantined", len(records), len(result.valid),
              len(result.rejected), extra=_finished(pipe, records_fetched=len(records),
                                                    records_valid=len(result.valid),

@@ -27,6 +27,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from functools import lru_cache
@@ -56,7 +57,10 @@ from stockpulse.sim.streams import StreamControl, serve_streams
 log = logging.getLogger("stockpulse.sim")
 NEW_YORK = ZoneInfo("America/New_York")
 FAULT_KINDS = ("429", "500", "502", "503", "slow", "timeout", "drop", "malformed", "html", "empty", "huge", "soft")
-CORRUPTIONS = ("negative_volume", "high_below_low", "nan", "missing_field", "naive_ts", "duplicate")
+# The last two are plausible-looking but wrong data for the quality checks: prices x10 for a day (a bad
+# tick or a missed split) and volume x100.
+CORRUPTIONS = ("negative_volume", "high_below_low", "nan", "missing_field", "naive_ts", "duplicate", "spike",
+               "volume_spike")
 
 
 class Reply(Exception):
@@ -128,6 +132,11 @@ def _bars(state: SimState, provider: str, symbol: str, start: date, end: date) -
     out = []
     for bar in daily_bars(state.seed, symbol, start, end, today=state.today):
         kind = state.corruption(provider, symbol, bar.day)
+        if kind == "spike":
+            bar, kind = replace(bar, open=bar.open * 10, high=bar.high * 10, low=bar.low * 10,
+                                close=bar.close * 10), None
+        elif kind == "volume_spike":
+            bar, kind = replace(bar, volume=bar.volume * 100), None
         out.append((bar, kind))
         if kind == "duplicate":
             out.append((bar, None))

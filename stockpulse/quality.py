@@ -1,0 +1,184 @@
+"""Data-quality checks in the transform stage: declared per data type, configured per pipeline.
+
+A check looks at the batch's valid records (with recent history from the database where it needs it) and
+names the records it doubts. Its severity decides: ``error`` quarantines the record with the check's
+reason, ``warn`` loads it; either way the finding is stored in ``data_quality_findings`` and counted in
+``stockpulse_quality_findings_total``. ``pipelines.<name>.options.quality.<check>`` overrides a check's
+``severity`` (``error``, ``warn``, ``off``) and parameters. ``stockpulse quality`` lists findings.
+
+Adding a check: a function ``(records, context) -> [(record index, details)]`` and a ``Check`` in its data
+type's module (``QUALITY_CHECKS``), listed in the data type's ``quality_checks``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection
+
+from stockpulse.config import PipelineSettings
+from stockpulse.errors import ConfigError, utcnow
+
+if TYPE_CHECKING:  # data types declare their checks with this module: import theirs lazily
+    from stockpulse.datatypes.base import Rejected
+
+log = logging.getLogger("stockpulse.quality")
+SEVERITIES = ("error", "warn", "off")
+
+
+@dataclass
+class CheckContext:
+    pipe: PipelineSettings
+    params: dict[str, Any]
+    conn: Connection  # for history (the last stored records before the batch)
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by the checks of one batch
+
+
+CheckFn = Callable[[list[dict[str, Any]], CheckContext], Iterable[tuple[int, dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: CheckFn
+    severity: str = "warn"
+    params: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Finding:
+    check: str
+    severity: str
+    index: int  # into the batch's valid records
+    symbol: str | None
+    record_key: str
+    details: dict[str, Any]
+
+
+@dataclass
+class QualityResult:
+    valid: list[dict[str, Any]]
+    rejected: list[Rejected]
+    findings: list[Finding]
+
+
+def configured(checks: tuple[Check, ...], pipe: PipelineSettings) -> list[tuple[Check, str, dict[str, Any]]]:
+    """Each check with the pipeline's severity and parameters; a misspelt check or severity is an error."""
+    overrides = dict(pipe.options.get("quality") or {})
+    known = {c.name for c in checks}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"pipelines.{pipe.name}.options.quality: unknown check {unknown[0]!r} "
+                          f"(known: {', '.join(sorted(known))})")
+    out = []
+    for check in checks:
+        override = dict(overrides.get(check.name) or {})
+        severity = str(override.pop("severity", check.severity))
+        if severity not in SEVERITIES:
+            raise ConfigError(f"pipelines.{pipe.name}.options.quality.{check.name}.severity: {severity!r} is "
+                              f"not one of {', '.join(SEVERITIES)}")
+        if severity != "off":
+            out.append((check, severity, {**check.params, **override}))
+    return out
+
+
+def run_checks(checks: tuple[Check, ...], records: list[dict[str, Any]], pipe: PipelineSettings,
+               conn: Connection, key_of: Callable[[dict[str, Any]], tuple[Any, ...]],
+               first_record_no: int) -> QualityResult:
+    """Findings for ``records``; records with an ``error`` finding move to ``rejected`` with the reason."""
+    from stockpulse.datatypes.base import Rejected
+
+    findings: list[Finding] = []
+    cache: dict[str, Any] = {}
+    for check, severity, params in configured(checks, pipe):
+        context = CheckContext(pipe, params, conn, cache)
+        for index, details in check.run(records, context):
+            record = records[index]
+            symbol = record.get("symbol")
+            key = "|".join(part.isoformat() if hasattr(part, "isoformat") else str(part)
+                           for part in key_of(record))[:200]
+            findings.append(Finding(check.name, severity, index, symbol, key, details))
+    errors: dict[int, list[Finding]] = {}
+    for finding in findings:
+        if finding.severity == "error":
+            errors.setdefault(finding.index, []).append(finding)
+    rejected = [Rejected(first_record_no + i, records[i],
+                         "; ".join(f"quality check {f.check}: {_describe(f.details)}" for f in errors[i]))
+                for i in sorted(errors)]
+    valid = [r for i, r in enumerate(records) if i not in errors]
+    return QualityResult(valid, rejected, findings)
+
+
+def _describe(details: dict[str, Any]) -> str:
+    return details.get("reason") or ", ".join(f"{k}={v}" for k, v in details.items())
+
+
+def store_findings(conn: Connection, findings: list[Finding], *, pipeline: str, data_type: str, provider: str,
+                   run_id: str, batch_no: int) -> int:
+    """Insert the findings once (a transform that runs twice records each finding once)."""
+    if not findings:
+        return 0
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    from stockpulse.db.models import data_quality_findings as findings_t
+
+    now = utcnow()
+    rows = [{"found_at": now, "pipeline": pipeline, "data_type": data_type, "provider": provider, "run_id": run_id,
+             "batch_no": batch_no, "check": f.check, "severity": f.severity, "symbol": f.symbol,
+             "record_key": f.record_key, "details": f.details} for f in findings]
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    conn.execute(insert(findings_t).on_conflict_do_nothing(
+        index_elements=["run_id", "batch_no", "check", "record_key"]), rows)
+    counts: dict[tuple[str, str], int] = {}
+    for f in findings:
+        counts[(f.check, f.severity)] = counts.get((f.check, f.severity), 0) + 1
+    log.warning("data quality: %s", ", ".join(f"{n} {check} ({severity})" for (check, severity), n in
+                                              sorted(counts.items())),
+                extra={"run_id": run_id, "batch_no": batch_no, "pipeline": pipeline, "findings": len(findings)})
+    return len(rows)
+
+
+def list_findings(*, pipeline: str | None = None, since: Any = None, severity: str | None = None,
+                  check: str | None = None, limit: int = 100) -> list[Any]:
+    from sqlalchemy import select
+
+    from stockpulse.db.engine import get_engine
+    from stockpulse.db.models import data_quality_findings as findings_t
+
+    query = select(findings_t).order_by(findings_t.c.id.desc()).limit(limit)
+    if pipeline:
+        query = query.where(findings_t.c.pipeline == pipeline)
+    if since is not None:
+        query = query.where(findings_t.c.found_at >= since)
+    if severity:
+        query = query.where(findings_t.c.severity == severity)
+    if check:
+        query = query.where(findings_t.c.check == check)
+    with get_engine().connect() as conn:
+        return conn.execute(query).all()
+
+
+# ------------------------------------------------------------------------------------------ robust stats
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+def robust_scale(sample: list[float]) -> tuple[float, float]:
+    """(median, median absolute deviation) of ``sample``: computed once per series, not per point."""
+    centre = median(sample)
+    return centre, median([abs(v - centre) for v in sample])
+
+
+def robust_z(value: float, scale: tuple[float, float]) -> float | None:
+    """The modified z-score (Iglewicz-Hoaglin): 0.6745 (x - median) / MAD; None when the MAD is 0."""
+    centre, mad = scale
+    return None if mad == 0 else 0.6745 * (value - centre) / mad
