@@ -166,20 +166,24 @@ def check_price_spike(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int
 
     threshold, minimum = float(ctx.params["threshold"]), int(ctx.params["min_history"])
     found = []
+    log = math.log
     for points in _history(records, ctx).values():
-        returns = [math.log(b[1] / a[1]) for a, b in zip(points, points[1:], strict=False) if a[1] > 0 and b[1] > 0]
-        if len(returns) < minimum:
+        # (return, previous point, point) once per pair; non-positive closes have no return
+        moves = [(log(cur[1] / prev[1]), prev, cur) for prev, cur in zip(points, points[1:], strict=False)
+                 if prev[1] > 0 and cur[1] > 0]
+        if len(moves) < minimum:
             continue
-        scale = robust_scale(returns)
-        flagged_sign = 0
-        for prev, cur in zip(points, points[1:], strict=False):
-            if prev[1] <= 0 or cur[1] <= 0:
-                continue
-            r = math.log(cur[1] / prev[1])
-            z = robust_z(r, scale)
-            if z is not None and abs(z) > threshold and not (flagged_sign and (z > 0) != (flagged_sign > 0)):
-                flagged_sign = 1 if z > 0 else -1
+        centre, mad = robust_scale([m[0] for m in moves])
+        if mad == 0:
+            continue
+        # |z| > threshold  <=>  |r - centre| > threshold * mad / 0.6745: no division per point
+        limit, flagged_sign = threshold * mad / 0.6745, 0
+        for r, prev, cur in moves:
+            deviation = r - centre
+            if abs(deviation) > limit and not (flagged_sign and (deviation > 0) != (flagged_sign > 0)):
+                flagged_sign = 1 if deviation > 0 else -1
                 if cur[3] is not None:
+                    z = robust_z(r, (centre, mad)) or 0.0
                     found.append((cur[3], {"reason": f"close {cur[1]:g} is {math.exp(r) - 1:+.1%} from the "
                                                      f"previous {prev[1]:g} (robust z {z:.1f})",
                                            "previous_close": prev[1], "z": round(z, 2)}))
