@@ -862,7 +862,7 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-_SECRET_PARAMS = re.compile(r"(?i)\b(apikey|api_key|apiKey|token|secret|password)=([^&\s'\"]+)")
+SECRET_PARAMS = re.compile(r"(?i)\b(apikey|api_key|apiKey|token|secret|password)=([^&\s'\"]+)")
 
 
 def known_secrets(settings: Settings | None = None) -> list[str]:
@@ -890,7 +890,7 @@ def redact_text(text: str, settings: Settings | None = None) -> str:
         secrets = []
     for value in secrets:
         text = text.replace(value, "***")
-    return _SECRET_PARAMS.sub(r"\1=***", text)
+    return SECRET_PARAMS.sub(r"\1=***", text)
 
 
 _settings: Settings | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from stockpulse.config import SECRET_KEYS, Settings, get_settings, known_secrets, redact_text
+from stockpulse.config import SECRET_KEYS, SECRET_PARAMS, Settings, get_settings, known_secrets
 
 log = logging.getLogger("stockpulse.sentry")
 # Set on a log record whose error Sentry already gets as an exception event (the task's final failure).
@@ -108,7 +108,7 @@ def _scrub(node: Any, secrets: list[str]) -> Any:
     if isinstance(node, str):
         for value in secrets:
             node = node.replace(value, "[Filtered]")
-        return redact_text(node) if "=" in node else node
+        return SECRET_PARAMS.sub(r"\1=[Filtered]", node) if "=" in node else node
     if isinstance(node, dict):
         return {k: _scrub(v, secrets) for k, v in node.items()}
     if isinstance(node, list):

@@ -192,16 +192,19 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
     result = data_type.validate(records)
     if data_type.every_symbol_has_data:
         result.rejected.extend(missing_symbols(query, records, first_record_no=len(records)))
-    with get_engine().begin() as conn:
-        findings = []
-        if data_type.quality_checks and result.valid:
-            checked = quality.run_checks(data_type.quality_checks, result.valid, pipe, conn,
+    findings: list[quality.Finding] = []
+    if data_type.quality_checks and result.valid:
+        # A read-only connection for the checks' history: the write transaction below (on SQLite, the
+        # database's write lock) stays as short as before the checks existed.
+        with get_engine().connect() as read_conn:
+            checked = quality.run_checks(data_type.quality_checks, result.valid, pipe, read_conn,
                                          data_type.key_of or itemgetter(*data_type.key),
                                          first_record_no=len(records) + len(query.symbols))
-            result.valid, findings = checked.valid, checked.findings
-            result.rejected.extend(checked.rejected)
-        rows = data_type.rows(result.valid)
-        handle = payloads.put(rows, run_id=run_id, label=f"b{batch_no}-rows")
+        result.valid, findings = checked.valid, checked.findings
+        result.rejected.extend(checked.rejected)
+    rows = data_type.rows(result.valid)
+    handle = payloads.put(rows, run_id=run_id, label=f"b{batch_no}-rows")
+    with get_engine().begin() as conn:
         quality.store_findings(conn, findings, pipeline=pipe.name, data_type=pipe.data_type, provider=pipe.provider,
                                run_id=run_id, batch_no=batch_no)
         quarantine_records(conn, result.rejected, pipeline=pipe.name, run_id=run_id, batch_no=batch_no,
