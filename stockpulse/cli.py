@@ -760,6 +760,28 @@ def quality(pipeline: str | None, since: float | None, severity: str | None, che
         click.echo("no findings")
 
 
+@main.command()
+@click.option("--pipeline", help="One reference pipeline (default: every enabled one).")
+@click.option("--days", type=click.IntRange(1, 3650), help="Compare this many recent days (default: "
+              "options.reconcile.lookback_days).")
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(pipeline: str | None, days: int | None, as_json: bool) -> None:
+    """Compare reference pipelines' bars with the served bars now (the reconcile_bars task does it daily);
+    disagreements become findings (`stockpulse quality --check reconcile_close`)."""
+    from stockpulse.pipeline.reconcile import as_dicts
+    from stockpulse.pipeline.reconcile import reconcile as run_reconcile
+
+    results = run_reconcile(pipeline, days=days)
+    if as_json:
+        click.echo(json.dumps(as_dicts(results)))
+        return
+    for r in results:
+        click.echo(f"{r.pipeline}: {r.compared} bars compared, {r.disagreements} disagree, {r.new_findings} new "
+                   "findings")
+    if not results:
+        click.echo("no enabled reference pipelines (bars pipelines with options.reference: true)")
+
+
 @main.group()
 def quarantine() -> None:
     """Records rejected by validation, kept with the reason."""

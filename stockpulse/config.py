@@ -316,6 +316,18 @@ class BreakerSchema(_Strict):
                                    metadata=_doc("how long it stays open before one trial request", 60.0))
 
 
+class ReconcileOptionsSchema(_Strict):
+    """How a reference pipeline's bars are compared with the served ones (docs/operations.md)."""
+
+    close_pct = fields.Float(validate=validate.Range(min=0), metadata=_doc(
+        "closes further apart than this percentage of the served close are a finding", 0.5))
+    volume_pct = fields.Float(allow_none=True, validate=validate.Range(min=0), metadata=_doc(
+        "volumes further apart than this percentage of the larger are a finding; null skips volumes (feeds "
+        "that see part of the market, such as Alpaca's IEX, differ by design)", 25.0))
+    lookback_days = fields.Integer(validate=validate.Range(min=1, max=3650), metadata=_doc(
+        "each run compares the bars of this many recent days", 10))
+
+
 class PipelineOptionsSchema(_Strict):
     """Options of one pipeline; the stream ones apply to trades pipelines (docs/realtime.md)."""
 
@@ -336,6 +348,10 @@ class PipelineOptionsSchema(_Strict):
     quality = fields.Dict(keys=fields.String(), values=fields.Dict(), metadata=_doc(
         "data-quality checks: `{price_spike: {severity: error, threshold: 8}, stale_close: {severity: off}}` "
         "(docs/operations.md, \"Data quality\")"))
+    reference = fields.Boolean(metadata=_doc(
+        "bars only: load into `reference_bars` (per source), to be compared with the served `bars` of another "
+        "provider by the reconciliation task, instead of into `bars`", False))
+    reconcile = fields.Nested(ReconcileOptionsSchema, metadata=_doc("reference pipelines: comparison tolerances"))
     backfill_queue = fields.String(validate=validate.OneOf(QUEUES), metadata=_doc(
         "queue of a stream pipeline's REST runs (gap fills, backfills)", "historical"))
     shard_size = fields.Integer(validate=validate.Range(min=1), metadata=_doc("stream: symbols per connection"))
@@ -374,6 +390,11 @@ class PipelineSchema(_Strict):
     batch_size = fields.Integer(load_default=50, validate=validate.Range(min=1, max=1000),
                                 metadata=_doc("symbols per fetch → transform → load chain"))
     options = fields.Nested(PipelineOptionsSchema, load_default=dict, metadata=_doc("pipeline options"))
+
+    @validates_schema
+    def _reference_bars_only(self, data: dict, **_: Any) -> None:
+        if data.get("options", {}).get("reference") and data["data_type"] != "bars":
+            raise ValidationError("only bars pipelines can be reference pipelines", "options")
 
 
 class CelerySchema(_Strict):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
@@ -33,8 +34,13 @@ SEVERITIES = ("error", "warn", "off")
 class CheckContext:
     pipe: PipelineSettings
     params: dict[str, Any]
-    conn: Connection  # for history (the last stored records before the batch)
+    conn: Connection | None  # for history (the last stored records before the batch); None: the batch alone
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the checks of one batch
+    # Kept by the caller across batches (a stream consumer's recent trades); a fresh dict per batch otherwise.
+    state: dict[str, Any] = field(default_factory=dict)
+    now: datetime = field(default_factory=utcnow)
+    # The [start, end] a REST run asked for; None for a live stream.
+    requested: tuple[datetime, datetime] | None = None
 
 
 CheckFn = Callable[[list[dict[str, Any]], CheckContext], Iterable[tuple[int, dict[str, Any]]]]
@@ -87,15 +93,18 @@ def configured(checks: tuple[Check, ...], pipe: PipelineSettings) -> list[tuple[
 
 
 def run_checks(checks: tuple[Check, ...], records: list[dict[str, Any]], pipe: PipelineSettings,
-               conn: Connection, key_of: Callable[[dict[str, Any]], tuple[Any, ...]],
-               first_record_no: int) -> QualityResult:
+               conn: Connection | None, key_of: Callable[[dict[str, Any]], tuple[Any, ...]],
+               first_record_no: int, *, state: dict[str, Any] | None = None,
+               requested: tuple[datetime, datetime] | None = None, now: datetime | None = None) -> QualityResult:
     """Findings for ``records``; records with an ``error`` finding move to ``rejected`` with the reason."""
     from stockpulse.datatypes.base import Rejected
 
     findings: list[Finding] = []
     cache: dict[str, Any] = {}
+    state = {} if state is None else state
+    now = now or utcnow()
     for check, severity, params in configured(checks, pipe):
-        context = CheckContext(pipe, params, conn, cache)
+        context = CheckContext(pipe, params, conn, cache, state, now, requested)
         for index, details in check.run(records, context):
             record = records[index]
             symbol = record.get("symbol")
@@ -111,6 +120,23 @@ def run_checks(checks: tuple[Check, ...], records: list[dict[str, Any]], pipe: P
                 for i in sorted(errors)]
     valid = [r for i, r in enumerate(records) if i not in errors]
     return QualityResult(valid, rejected, findings)
+
+
+def check_batch(data_type: Any, records: list[dict[str, Any]], pipe: PipelineSettings, *, first_record_no: int,
+                state: dict[str, Any] | None = None,
+                requested: tuple[datetime, datetime] | None = None) -> QualityResult:
+    """``data_type``'s checks on a batch's valid records, reading history on a connection of their own: the
+    caller's write transaction (on SQLite, the database's write lock) does not span the checks."""
+    from operator import itemgetter
+
+    from stockpulse.db.engine import get_engine
+
+    if not data_type.quality_checks or not records:
+        return QualityResult(records, [], [])
+    with get_engine().connect() as read_conn:
+        return run_checks(data_type.quality_checks, records, pipe, read_conn,
+                          data_type.key_of or itemgetter(*data_type.key), first_record_no, state=state,
+                          requested=requested)
 
 
 def _describe(details: dict[str, Any]) -> str:

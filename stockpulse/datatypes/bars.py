@@ -15,6 +15,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from stockpulse.datatypes.base import DataType
 from stockpulse.db.models import bars as bars_table
+from stockpulse.db.models import reference_bars
 
 INTERVALS = ("1m", "5m", "15m", "1h", "1d")
 SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9.\-:/_]{0,23}$")
@@ -140,14 +141,16 @@ def _history(records: list[dict[str, Any]], ctx: Any) -> dict[str, list[tuple[An
         by_symbol.setdefault(r["symbol"], []).append(index)
     first = min((r["ts"] for r in records), default=None)
     stored: dict[str, list[tuple[datetime, float, float]]] = {}
-    if first is not None and size:
+    if first is not None and size and ctx.conn is not None:
         interval = records[0]["interval"]
         span = INTERVAL_LENGTH[interval] * size * (2 if interval == "1d" else 4)  # weekends, nights
-        rows = ctx.conn.execute(
-            select(bars_table.c.symbol, bars_table.c.ts, bars_table.c.close, bars_table.c.volume)
-            .where(bars_table.c.symbol.in_(list(by_symbol)), bars_table.c.interval == interval,
-                   bars_table.c.ts < first, bars_table.c.ts >= first - span)
-            .order_by(bars_table.c.ts))
+        table, _key = BARS.target(ctx.pipe)  # a reference pipeline's history is its own provider's
+        query = (select(table.c.symbol, table.c.ts, table.c.close, table.c.volume)
+                 .where(table.c.symbol.in_(list(by_symbol)), table.c.interval == interval,
+                        table.c.ts < first, table.c.ts >= first - span).order_by(table.c.ts))
+        if table is reference_bars:
+            query = query.where(table.c.source == records[0]["source"])
+        rows = ctx.conn.execute(query)
         for symbol, ts, close, volume in rows:
             stored.setdefault(symbol, []).append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), close, volume))
     series = {}
@@ -286,4 +289,6 @@ BARS = DataType(
     from_row=from_row,
     event_time=bar_end,
     quality_checks=_quality_checks(),
+    reference_table=reference_bars,
+    reference_key=("source", "symbol", "interval", "ts"),
 )

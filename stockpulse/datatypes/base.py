@@ -16,6 +16,8 @@ from typing import Any
 from marshmallow import Schema, ValidationError
 from sqlalchemy import Table
 
+from stockpulse.errors import ConfigError
+
 
 def reason_from_messages(messages: Any) -> str:
     """marshmallow's error dict as one stable line: 'field: message; other: message'."""
@@ -72,6 +74,28 @@ class DataType:
     every_symbol_has_data: bool = True
     # Data-quality checks run on the valid records of each batch (stockpulse/quality.py).
     quality_checks: tuple[Any, ...] = ()
+    # Where a pipeline marked ``options.reference`` loads: a second provider's records kept per source and
+    # compared with ``table`` (stockpulse/pipeline/reconcile.py), never served in its place.
+    reference_table: Table | None = None
+    reference_key: tuple[str, ...] = ()
+
+    def target(self, pipe: Any) -> tuple[Table, tuple[str, ...]]:
+        """(table, key) the pipeline's rows are upserted into."""
+        if pipe.options.get("reference"):
+            if self.reference_table is None:
+                raise ConfigError(f"pipelines.{pipe.name}.options.reference: {self.name} has no reference table "
+                                  "(only bars are reconciled)")
+            return self.reference_table, self.reference_key
+        return self.table, self.key
+
+    def load_rows(self, conn: Any, pipe: Any, rows: list[tuple[Any, ...]]) -> int:
+        """Upsert transport rows for ``pipe`` (its own loader, or the bulk upsert of its target table)."""
+        from stockpulse.pipeline.loader import upsert
+
+        if self.load is not None:
+            return self.load(conn, rows, pipeline=pipe.name)
+        table, key = self.target(pipe)
+        return upsert(conn, table, self.columns, key, rows)
 
     def validate_one(self, record: Any) -> tuple[dict[str, Any] | None, str | None]:
         """(canonical record, None) or (None, reason)."""

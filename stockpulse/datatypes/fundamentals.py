@@ -8,6 +8,7 @@ balance) has ``period_start == period_end``.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -147,6 +148,118 @@ def facts_as_of(conn: Connection, symbol: str, as_of: date, *, concept: str | No
                         .order_by(ranked.c.concept, ranked.c.period_end)).all()
 
 
+# ---------------------------------------------------------------------------------- quality checks
+# The schema knows a fact's shape, not what its concept means. These checks know a little: which concepts
+# count shares, which are money or per-share amounts, which cannot be negative, and that a filing cannot
+# report a period that has not ended (a fact "known" before its period ended would leak into as-of queries).
+
+SHARE_COUNT = re.compile(r"(SharesOutstanding|SharesIssued|NumberOfShares\w*|WeightedAverageNumberOf\w*Shares\w*)$")
+PER_SHARE = re.compile(r"(PerShare\w*|PerDilutedShare|PerBasicShare|^EPS|:eps)$", re.IGNORECASE)
+MONEY = re.compile(r"^(us-gaap|ifrs-full):(Revenues?|RevenueFromContractWithCustomer\w*|Assets|AssetsCurrent|"
+                   r"Liabilities\w*|NetIncomeLoss|GrossProfit|OperatingIncomeLoss|StockholdersEquity|"
+                   r"CashAndCashEquivalentsAtCarryingValue)$")
+NON_NEGATIVE = re.compile(r"(SharesOutstanding|SharesIssued|WeightedAverageNumberOf\w*Shares\w*|:Assets|"
+                          r":AssetsCurrent|:Liabilities|:LiabilitiesCurrent|:Revenues?|"
+                          r":RevenueFromContractWithCustomer\w*|CashAndCashEquivalentsAtCarryingValue)$")
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+SCALES = (1_000.0, 1_000_000.0)  # thousands and millions: the usual mix-ups
+
+
+def expected_unit(concept: str) -> tuple[str, re.Pattern[str]] | None:
+    """(what the concept is, the pattern its unit must match) for the concepts whose unit is knowable."""
+    if PER_SHARE.search(concept):
+        return "a per-share amount", re.compile(r"^[A-Z]{3}/shares$")
+    if SHARE_COUNT.search(concept):
+        return "a share count", re.compile(r"^shares$")
+    if MONEY.search(concept):
+        return "an amount of money", CURRENCY
+    return None
+
+
+def _facts(records: list[dict[str, Any]]) -> list[int]:
+    return [i for i, r in enumerate(records) if r.get("kind") == "fact"]
+
+
+def check_unit_mismatch(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A unit the concept cannot have (a share count in USD), or, for those concepts, a value
+    ``1000x``/``1000000x`` (within ``scale_tolerance``) the previous period's value of the same concept and
+    unit: a thousands or millions scale mixed up."""
+    tolerance, minimum = float(ctx.params["scale_tolerance"]), float(ctx.params["min_abs"])
+    found: list[tuple[int, dict[str, Any]]] = []
+    series: dict[tuple[str, ...], list[tuple[str, float, int | None]]] = {}
+    for i in _facts(records):
+        r = records[i]
+        expected = expected_unit(r["concept"])
+        if expected and r["unit"] and not expected[1].match(r["unit"]):
+            found.append((i, {"reason": f"{r['concept']} is {expected[0]} but its unit is {r['unit']!r}",
+                              "unit": r["unit"]}))
+            continue
+        if expected:  # magnitudes of balances, revenue, share counts and EPS move slowly; other concepts swing
+            series.setdefault((r["symbol"], r["source"], r["concept"], r["unit"]), []).append((r["period_end"], r["value"], i))
+    if not series:
+        return found
+    _stored_neighbours(series, ctx)
+    for (_symbol, _source, concept, unit), points in series.items():
+        points.sort(key=lambda p: (p[0], p[2] is not None))
+        for (prev_end, prev, _), (end, value, index) in zip(points, points[1:], strict=False):
+            if index is None or abs(prev) < minimum or abs(value) < minimum or end == prev_end:
+                continue
+            ratio = abs(value / prev)
+            for scale in SCALES:
+                for factor, word in ((scale, "above"), (1 / scale, "below")):
+                    if abs(ratio / factor - 1) <= tolerance:
+                        found.append((index, {
+                            "reason": f"{concept} {value:g} {unit} is about {scale:,.0f}x {word} the value {prev:g} "
+                                      f"for {prev_end}: a scale (thousands/millions) mix-up?",
+                            "previous": prev, "previous_period_end": prev_end}))
+    return found
+
+
+def _stored_neighbours(series: dict[tuple[str, ...], list[tuple[str, float, int | None]]], ctx: Any) -> None:
+    """Adds to each series the stored value of the latest period before the batch's first (any filing)."""
+    if ctx.conn is None:
+        return
+    f = financial_facts
+    symbols = sorted({key[0] for key in series})
+    first = min(p[0] for points in series.values() for p in points)
+    newest = (select(f.c.symbol, f.c.source, f.c.concept, f.c.unit, func.max(f.c.period_end).label("period_end"))
+              .where(f.c.symbol.in_(symbols), f.c.period_end < first)
+              .group_by(f.c.symbol, f.c.source, f.c.concept, f.c.unit).subquery())
+    rows = ctx.conn.execute(select(f.c.symbol, f.c.source, f.c.concept, f.c.unit, f.c.period_end, f.c.value).join(
+        newest, (f.c.symbol == newest.c.symbol) & (f.c.source == newest.c.source) & (f.c.concept == newest.c.concept)
+        & (f.c.unit == newest.c.unit) & (f.c.period_end == newest.c.period_end)))
+    for symbol, source, concept, unit, period_end, value in rows:
+        points = series.get((symbol, source, concept, unit))
+        if points is not None and period_end < min(p[0] for p in points):
+            points.append((period_end, value, None))
+
+
+def check_impossible_sign(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A negative value of a concept that cannot be negative (shares outstanding, assets, revenue)."""
+    return [(i, {"reason": f"{records[i]['concept']} cannot be negative ({records[i]['value']:g})"})
+            for i in _facts(records) if records[i]["value"] < 0 and NON_NEGATIVE.search(records[i]["concept"])]
+
+
+def check_period_after_filed(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A period ending after the filing that reports it: impossible for a reported value, and it would make
+    the value visible in ``facts_as_of`` before its period ended."""
+    return [(i, {"reason": f"period_end {records[i]['period_end']} is after filed {records[i]['filed']}"})
+            for i in _facts(records) if records[i]["period_end"] > records[i]["filed"]]
+
+
+def _quality_checks() -> tuple[Any, ...]:
+    from stockpulse.quality import Check
+
+    return (
+        Check("unit_mismatch", check_unit_mismatch, "warn", {"scale_tolerance": 0.2, "min_abs": 1.0},
+              "a unit the concept cannot have, or a value 1000x/1000000x its previous period's"),
+        Check("impossible_sign", check_impossible_sign, "error", {},
+              "a negative value of a concept that cannot be negative (shares outstanding, assets, revenue)"),
+        Check("period_after_filed", check_period_after_filed, "error", {},
+              "a fact whose period ends after its filing date"),
+    )
+
+
 FUNDAMENTALS = DataType(
     name="fundamentals",
     schema=FundamentalsSchema(),
@@ -161,4 +274,5 @@ FUNDAMENTALS = DataType(
     watermark_points=watermark_points,
     # An incremental run finds no new filing for most companies most days.
     every_symbol_has_data=False,
+    quality_checks=_quality_checks(),
 )

@@ -154,6 +154,10 @@ def merge(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
     for link in later["symbols"]:
         merge_symbol(seen, link)
     earlier["symbols"] = list(seen.values())
+    ids = (earlier.get("provider_id"), later.get("provider_id"))
+    if ids[0] != ids[1] if None not in ids else earlier["url"] != later["url"]:
+        # Not the same item listed under two symbols: another item of the provider's that is the same article.
+        earlier.setdefault("duplicates", []).append({"provider_id": later.get("provider_id"), "url": later["url"]})
     for key in ("summary", "author", "publisher", "language", "provider_id"):
         if earlier.get(key) is None:
             earlier[key] = later.get(key)
@@ -245,6 +249,69 @@ def watermark_points(rows: list[tuple[Any, ...]]) -> dict[str, datetime]:
     return latest
 
 
+# ---------------------------------------------------------------------------------- quality checks
+# The schema refuses an article without a URL, title or timestamp ("article has no URL"); these checks catch
+# the placeholders that pass it and the duplicates that the canonical URL folds together.
+
+def check_missing_url_time(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A placeholder for the URL (a site's home page, which would fold every article of that site into one)
+    or for the time (the epoch, or before ``earliest``)."""
+    earliest = datetime.fromisoformat(str(ctx.params["earliest"])).replace(tzinfo=UTC)
+    found = []
+    for i, r in enumerate(records):
+        if urlsplit(r["canonical_url"]).path in ("", "/"):
+            found.append((i, {"reason": f"url {r['url']} is a home page, not an article"}))
+        elif r["published_at"] < earliest:
+            found.append((i, {"reason": f"published_at {r['published_at'].isoformat()} is a placeholder (before "
+                                        f"{earliest.date()})"}))
+    return found
+
+
+def check_published_in_future(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """Published more than ``future_s`` after now: usually local time stamped as UTC."""
+    limit = ctx.now.timestamp() + float(ctx.params["future_s"])
+    return [(i, {"reason": f"published_at {r['published_at'].isoformat()} is "
+                           f"{(r['published_at'] - ctx.now).total_seconds() / 60:.0f} minutes in the future"})
+            for i, r in enumerate(records) if r["published_at"].timestamp() > limit]
+
+
+def check_duplicate_url(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """One provider giving the same article (the same canonical URL) as several items: within the payload
+    (merged into one record), or under a different id than it gave before (stored in
+    ``news_article_sources``). The article is stored once either way; the finding says the provider repeats
+    itself."""
+    found = []
+    stored: dict[tuple[str, str], str | None] = {}
+    if ctx.conn is not None and records:
+        s = news_article_sources.c
+        rows = ctx.conn.execute(select(s.article_id, s.provider, s.provider_id).where(
+            s.article_id.in_(sorted({r["id"] for r in records})), s.provider.in_(sorted({r["provider"] for r in records}))))
+        stored = {(aid, provider): pid for aid, provider, pid in rows}
+    for i, r in enumerate(records):
+        others = [d["provider_id"] or d["url"] for d in r.get("duplicates", ())]
+        before = stored.get((r["id"], r["provider"]), r.get("provider_id"))
+        if before is not None and r.get("provider_id") is not None and before != r["provider_id"]:
+            others.append(f"{before} (stored)")
+        if others:
+            found.append((i, {"reason": f"{r['provider']} item {r.get('provider_id') or r['url']} is the same "
+                                        f"article as {', '.join(map(str, others))}", "duplicates": others,
+                              "canonical_url": r["canonical_url"]}))
+    return found
+
+
+def _quality_checks() -> tuple[Any, ...]:
+    from stockpulse.quality import Check
+
+    return (
+        Check("missing_url_time", check_missing_url_time, "error", {"earliest": "1995-01-01"},
+              "a home page for the URL or a placeholder time (absent ones the schema refuses)"),
+        Check("published_in_future", check_published_in_future, "warn", {"future_s": 300.0},
+              "published more than future_s after now"),
+        Check("duplicate_url", check_duplicate_url, "warn", {},
+              "one provider giving the same article (canonical URL) as several items"),
+    )
+
+
 NEWS = DataType(
     name="news",
     schema=NewsSchema(),
@@ -259,4 +326,5 @@ NEWS = DataType(
     watermark_points=watermark_points,
     # A symbol with no news in the window is normal, not a sign of an unknown ticker.
     every_symbol_has_data=False,
+    quality_checks=_quality_checks(),
 )

@@ -7,7 +7,7 @@ adapter derives it from the trade (see the provider module), so a replayed frame
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, fields, validate
@@ -72,6 +72,97 @@ def from_row(row: list[Any]) -> tuple[Any, ...]:
     return (row[0], row[1], datetime.fromisoformat(row[2]), *row[3:])
 
 
+# ---------------------------------------------------------------------------------- quality checks
+# The schema rejects impossible ticks (non-positive or non-finite prices, negative sizes); these flag
+# plausible-looking ones that are probably wrong: a bad print, a clock that is off, a zero-size update.
+
+
+def _recent_prices(records: list[dict[str, Any]], ctx: Any) -> dict[tuple[str, str], list[tuple[datetime, float]]]:
+    """Per (source, symbol), the trades before the batch that the band is measured from: kept in the
+    caller's ``state`` across a stream's batches, read from the database for a symbol seen the first time."""
+    recent = ctx.state.setdefault("trades_recent", {})
+    window = int(ctx.params["window"])
+    firsts: dict[tuple[str, str], datetime] = {}
+    for r in records:
+        key = (r["source"], r["symbol"])
+        if key not in recent and (key not in firsts or r["ts"] < firsts[key]):
+            firsts[key] = r["ts"]
+    if firsts and ctx.conn is not None:
+        from sqlalchemy import select
+
+        for (source, symbol), first in firsts.items():  # once per symbol and consumer: a shard's few symbols
+            t = trades_table.c
+            rows = ctx.conn.execute(select(t.ts, t.price).where(t.source == source, t.symbol == symbol, t.ts < first)
+                                    .order_by(t.ts.desc()).limit(window)).all()
+            recent[(source, symbol)] = [(ts if ts.tzinfo else ts.replace(tzinfo=UTC), p) for ts, p in reversed(rows)]
+    return recent
+
+
+def check_price_band(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A trade more than ``band_pct`` away from the median of the symbol's last ``window`` trades. A single
+    bad print does not move the median, so the trades after it are judged against the real level; a real
+    jump becomes the new level once it is half the window. A reference older than ``max_gap_s`` (a halt,
+    the overnight close) starts afresh instead of blaming the first trade after it."""
+    from stockpulse.quality import median
+
+    band, window = float(ctx.params["band_pct"]) / 100, int(ctx.params["window"])
+    max_gap = timedelta(seconds=float(ctx.params["max_gap_s"]))
+    recent = _recent_prices(records, ctx)
+    found = []
+    for i in sorted(range(len(records)), key=lambda i: records[i]["ts"]):
+        r = records[i]
+        series = recent.setdefault((r["source"], r["symbol"]), [])
+        if series and r["ts"] - series[-1][0] > max_gap:
+            series.clear()
+        if len(series) >= min(3, window):
+            reference = median([p for _, p in series])
+            move = r["price"] / reference - 1
+            if abs(move) > band:
+                found.append((i, {"reason": f"price {r['price']:g} is {move:+.1%} from the median {reference:g} of "
+                                            f"the last {len(series)} trades", "reference": reference}))
+        series.append((r["ts"], r["price"]))
+        del series[:-window]
+    return found
+
+
+def check_trade_time(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A timestamp ahead of the clock by more than ``future_s``, or too far in the past: before the window a
+    REST run asked for, or (a live stream) older than ``max_age_s``."""
+    now = ctx.now
+    ahead = now + timedelta(seconds=float(ctx.params["future_s"]))
+    if ctx.requested is not None:
+        floor, why = ctx.requested[0], f"before the requested window starting {ctx.requested[0].isoformat()}"
+    else:
+        floor = now - timedelta(seconds=float(ctx.params["max_age_s"]))
+        why = f"more than {float(ctx.params['max_age_s']):g}s old on a live stream"
+    found = []
+    for i, r in enumerate(records):
+        if r["ts"] > ahead:
+            found.append((i, {"reason": f"{r['ts'].isoformat()} is {(r['ts'] - now).total_seconds():.0f}s in the "
+                                        "future"}))
+        elif r["ts"] < floor:
+            found.append((i, {"reason": f"{r['ts'].isoformat()} is {why}"}))
+    return found
+
+
+def check_size(records: list[dict[str, Any]], ctx: Any) -> list[tuple[int, dict[str, Any]]]:
+    """A trade of size zero (the schema already refuses a negative one): a quote or correction sent as a
+    trade, which would count as volume that never traded."""
+    return [(i, {"reason": f"size {r['size']:g} is not positive"}) for i, r in enumerate(records) if r["size"] <= 0]
+
+
+def _quality_checks() -> tuple[Any, ...]:
+    from stockpulse.quality import Check
+
+    return (
+        Check("price_band", check_price_band, "warn", {"band_pct": 10.0, "window": 5, "max_gap_s": 900.0},
+              "a trade more than band_pct from the median of the symbol's last trades"),
+        Check("trade_time", check_trade_time, "warn", {"future_s": 60.0, "max_age_s": 3600.0},
+              "a timestamp in the future, or far in the past"),
+        Check("size", check_size, "warn", {}, "a trade of size zero"),
+    )
+
+
 TRADES = DataType(
     name="trades",
     schema=TradeSchema(),
@@ -83,4 +174,5 @@ TRADES = DataType(
     to_row=to_row,
     from_row=from_row,
     every_symbol_has_data=False,
+    quality_checks=_quality_checks(),
 )

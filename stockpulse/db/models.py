@@ -63,18 +63,31 @@ def stage_columns() -> list[Column]:
     return [Column(f"{stage}_{edge}_at", UTCDateTime()) for stage in STAGES for edge in ("started", "finished")]
 
 
+def ohlcv_columns() -> list[Column]:
+    """The prices and volume of a bar (served or reference)."""
+    return [Column(name, Float, nullable=False) for name in ("open", "high", "low", "close", "volume")]
+
+
 bars = Table(
     "bars", metadata,
     Column("symbol", String(24), primary_key=True),
     Column("interval", String(8), primary_key=True),
     # Daily bars: the session date at 00:00 UTC, whatever the provider stamped (see docs/data-model.md).
     Column("ts", UTCDateTime(), primary_key=True),
-    Column("open", Float, nullable=False),
-    Column("high", Float, nullable=False),
-    Column("low", Float, nullable=False),
-    Column("close", Float, nullable=False),
-    Column("volume", Float, nullable=False),
+    *ohlcv_columns(),
     Column("source", String(32), nullable=False),
+    Column("ingested_at", UTCDateTime(), nullable=False),
+)
+
+# Bars of a pipeline marked ``options.reference``: a second provider's view of the same bars, kept per
+# source and compared with ``bars`` by the reconciliation task, never served as the bars.
+reference_bars = Table(
+    "reference_bars", metadata,
+    Column("source", String(32), primary_key=True),
+    Column("symbol", String(24), primary_key=True),
+    Column("interval", String(8), primary_key=True),
+    Column("ts", UTCDateTime(), primary_key=True),
+    *ohlcv_columns(),
     Column("ingested_at", UTCDateTime(), nullable=False),
 )
 

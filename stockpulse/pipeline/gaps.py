@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from stockpulse.config import PipelineSettings, get_settings
+from stockpulse.datatypes.bars import BARS
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import bars
 from stockpulse.errors import ConfigError
@@ -92,13 +93,16 @@ def find_gaps(pipeline: str, *, symbols: list[str] | None = None, start: date | 
     chosen = tuple(symbols) if symbols else pipe.symbols
     stored: dict[str, set[date]] = {s: set() for s in chosen}
     first: dict[str, date] = {}
+    table, _key = BARS.target(pipe)
+    mine = [table.c.symbol.in_(chosen), table.c.interval == "1d"]
+    if table is not bars:  # a reference pipeline: its own provider's rows
+        mine.append(table.c.source == pipe.provider)
     with get_engine().connect() as conn:
-        for row in conn.execute(select(bars.c.symbol, func.min(bars.c.ts)).where(
-                bars.c.symbol.in_(chosen), bars.c.interval == "1d").group_by(bars.c.symbol)):
+        for row in conn.execute(select(table.c.symbol, func.min(table.c.ts)).where(*mine).group_by(table.c.symbol)):
             first[row[0]] = row[1].date()
-        for row in conn.execute(select(bars.c.symbol, bars.c.ts).where(
-                bars.c.symbol.in_(chosen), bars.c.interval == "1d", bars.c.ts >= datetime.combine(start, datetime.min.time(), UTC),
-                bars.c.ts < datetime.combine(end + timedelta(days=1), datetime.min.time(), UTC))):
+        for row in conn.execute(select(table.c.symbol, table.c.ts).where(
+                *mine, table.c.ts >= datetime.combine(start, datetime.min.time(), UTC),
+                table.c.ts < datetime.combine(end + timedelta(days=1), datetime.min.time(), UTC))):
             stored[row.symbol].add(row.ts.date())
     out = []
     for symbol in chosen:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -74,10 +75,12 @@ def reprocess(*, pipeline: str | None = None) -> dict[str, int]:
     """Validate quarantined records again with the current schemas; load and release those that pass."""
     from sqlalchemy import delete, select
 
+    from stockpulse.config import get_settings
     from stockpulse.datatypes import get_data_type
     from stockpulse.db.engine import get_engine
     from stockpulse.db.models import watermarks as watermarks_t
-    from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
+    from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks
+    from stockpulse.quality import run_checks
 
     query = select(quarantine_t).order_by(quarantine_t.c.id)
     if pipeline:
@@ -96,13 +99,30 @@ def reprocess(*, pipeline: str | None = None) -> dict[str, int]:
                     conn.execute(quarantine_t.update().where(quarantine_t.c.id == row.id).values(reason=reason[:4000]))
                 continue
             by_type.setdefault((row.data_type, row.pipeline), []).append((row.id, canonical))
+        settings = get_settings()
         for (type_name, pipe_name), items in by_type.items():
             data_type = get_data_type(type_name)
-            loaded = [data_type.from_row(r) for r in data_type.rows([c for _, c in items])]
-            upsert(conn, data_type.table, data_type.columns, data_type.key, loaded)
-            raise_watermarks(conn, watermarks_t, pipe_name, latest_per_symbol(loaded, data_type.columns))
-            conn.execute(delete(quarantine_t).where(quarantine_t.c.id.in_([i for i, _ in items])))
-            counts["loaded"] += len(items)
+            pipe = settings.pipelines.get(pipe_name)
+            if pipe is None:  # removed from config: no target, no checks to apply; the records wait
+                counts["still_invalid"] += len(items)
+                continue
+            # The pipeline's error-severity quality checks still apply (downgrade one to release its records).
+            checked = run_checks(data_type.quality_checks, [c for _, c in items], pipe, conn,
+                                 data_type.key_of or itemgetter(*data_type.key), first_record_no=0)
+            for refused in checked.rejected:
+                counts["still_invalid"] += 1
+                conn.execute(quarantine_t.update().where(quarantine_t.c.id == items[refused.record_no][0])
+                             .values(reason=refused.reason[:4000]))
+            held = {r.record_no for r in checked.rejected}
+            released = [item for i, item in enumerate(items) if i not in held]
+            if not released:
+                continue
+            loaded = [data_type.from_row(r) for r in data_type.rows(checked.valid)]
+            data_type.load_rows(conn, pipe, loaded)
+            raise_watermarks(conn, watermarks_t, pipe_name, data_type.watermark_points(loaded)
+                             if data_type.watermark_points else latest_per_symbol(loaded, data_type.columns))
+            conn.execute(delete(quarantine_t).where(quarantine_t.c.id.in_([i for i, _ in released])))
+            counts["loaded"] += len(released)
     return counts
 
 

@@ -10,7 +10,6 @@ import logging
 import time
 from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta
-from operator import itemgetter
 from typing import Any
 
 from celery import Task, chain
@@ -27,7 +26,7 @@ from stockpulse.errors import TransientError, classify
 from stockpulse.observability import metrics, sentry
 from stockpulse.pipeline import payloads, runs
 from stockpulse.pipeline.checkpoints import FetchCheckpoint
-from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
+from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks
 from stockpulse.pipeline.quarantine import quarantine_records
 from stockpulse.providers import Query, get_fetcher
 from stockpulse.redis_conn import redis_client
@@ -192,16 +191,10 @@ def transform(self: StageTask, fetched: dict[str, Any], *, run_id: str, batch_no
     result = data_type.validate(records)
     if data_type.every_symbol_has_data:
         result.rejected.extend(missing_symbols(query, records, first_record_no=len(records)))
-    findings: list[quality.Finding] = []
-    if data_type.quality_checks and result.valid:
-        # A read-only connection for the checks' history: the write transaction below (on SQLite, the
-        # database's write lock) stays as short as before the checks existed.
-        with get_engine().connect() as read_conn:
-            checked = quality.run_checks(data_type.quality_checks, result.valid, pipe, read_conn,
-                                         data_type.key_of or itemgetter(*data_type.key),
-                                         first_record_no=len(records) + len(query.symbols))
-        result.valid, findings = checked.valid, checked.findings
-        result.rejected.extend(checked.rejected)
+    checked = quality.check_batch(data_type, result.valid, pipe, first_record_no=len(records) + len(query.symbols),
+                                  requested=query.window())
+    result.valid, findings = checked.valid, checked.findings
+    result.rejected.extend(checked.rejected)
     rows = data_type.rows(result.valid)
     handle = payloads.put(rows, run_id=run_id, label=f"b{batch_no}-rows")
     with get_engine().begin() as conn:
@@ -230,10 +223,7 @@ def load(self: StageTask, transformed: dict[str, Any], *, run_id: str, batch_no:
     latest = (data_type.watermark_points(rows) if data_type.watermark_points
               else latest_per_symbol(rows, data_type.columns))
     with get_engine().begin() as conn:
-        if data_type.load is not None:
-            changed = data_type.load(conn, rows, pipeline=pipe.name)
-        else:
-            changed = upsert(conn, data_type.table, data_type.columns, data_type.key, rows)
+        changed = data_type.load_rows(conn, pipe, rows)
         raise_watermarks(conn, watermarks_t, pipe.name, latest)
         trigger = runs.stage_finished(conn, run_id, batch_no, "load", loaded=len(rows), status="loaded")
     metrics.records(pipeline, "load", loaded=len(rows))

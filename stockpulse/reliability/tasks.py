@@ -77,3 +77,11 @@ def notify() -> list[dict[str, Any]]:
     if not get_settings().notifier.get("enabled"):
         return []
     return [{"status": n.status, "repeat": n.repeat, **asdict(n.alert)} for n in evaluate_and_send()]
+
+
+@app.task(name="stockpulse.maintenance.reconcile_bars")
+def reconcile_bars(pipeline: str | None = None, days: int | None = None) -> list[dict[str, Any]]:
+    """Compare reference pipelines' bars with the served bars; disagreements become quality findings."""
+    from stockpulse.pipeline.reconcile import as_dicts, reconcile
+
+    return as_dicts(reconcile(pipeline, days=days))

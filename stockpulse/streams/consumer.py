@@ -27,6 +27,7 @@ from typing import Any
 import websocket
 from sqlalchemy import select
 
+from stockpulse import quality
 from stockpulse.calendars import in_session, traded_between
 from stockpulse.config import PipelineSettings, get_settings, load_settings
 from stockpulse.datatypes import get_data_type
@@ -111,6 +112,7 @@ class StreamConsumer:
         self.buffered = 0
         self.backlog = Backlog(self.shard, pipeline, redis_client(), self._load, max_ticks=self.options.max_backlog)
         self.record_no = 0
+        self.quality_state: dict[str, dict[str, Any]] = {}  # per data type: recent trades for the price band
         self.last_data_at: datetime | None = None
         calendar_name = str(self.pipe.options.get("calendar", self.stream.calendar or "none"))
         self.calendar = None if calendar_name.lower() in ("", "none") else calendar_name
@@ -315,12 +317,20 @@ class StreamConsumer:
         self.result.flushes += 1
         rejected_all = [Rejected(no, record, reason) for no, record, reason in batch.rejected]
         loads = []
+        findings: dict[str, list[quality.Finding]] = {}
         for name, numbered in batch.records.items():
             data_type = get_data_type(name)
             result = data_type.validate(record for _, record in numbered)
             # validate() numbers records by position in this batch; quarantine rows need session-wide numbers.
             rejected = [Rejected(numbered[r.record_no][0], r.record, r.reason) for r in result.rejected]
-            rows = [data_type.from_row(r) for r in data_type.rows(result.valid)]
+            # Streams carry no merged data types, so the valid records are the unrejected ones in order.
+            refused = {r.record_no for r in result.rejected}
+            valid_nos = [no for i, (no, _) in enumerate(numbered) if i not in refused]
+            checked = quality.check_batch(data_type, result.valid, self.pipe, first_record_no=0,
+                                          state=self.quality_state.setdefault(name, {}))
+            rejected += [Rejected(valid_nos[r.record_no], r.record, r.reason) for r in checked.rejected]
+            findings[name] = checked.findings
+            rows = [data_type.from_row(r) for r in data_type.rows(checked.valid)]
             loads.append((name, data_type, rows, rejected if name != self.pipe.data_type else rejected_all + rejected,
                           len(numbered)))
         if self.pipe.data_type not in batch.records and rejected_all:
@@ -333,9 +343,13 @@ class StreamConsumer:
                     raise_watermarks(conn, watermarks, self.pipe.name, latest_per_symbol(rows, data_type.columns))
                 quarantine_records(conn, rejected, pipeline=self.pipe.name, run_id=self.session_id,
                                    batch_no=self.result.flushes, data_type=name, provider=self.pipe.provider)
+                quality.store_findings(conn, findings.get(name, []), pipeline=self.pipe.name, data_type=name,
+                                       provider=self.pipe.provider, run_id=self.session_id,
+                                       batch_no=self.result.flushes)
         committed = datetime.now(UTC)
         for name, data_type, rows, rejected, fetched in loads:
             self.result.rejected += len(rejected)
+            metrics.quality_findings(self.pipe.name, [(f.check, f.severity) for f in findings.get(name, [])])
             if name != self.pipe.data_type:
                 self.result.extra_loaded[name] = self.result.extra_loaded.get(name, 0) + len(rows)
                 continue

@@ -76,3 +76,53 @@ def test_one_article_twice_in_a_payload_is_merged_with_both_symbols() -> None:
     [article] = result.valid
     assert sorted(s["symbol"] for s in article["symbols"]) == ["AAPL", "MSFT"]
     assert next(s for s in article["symbols"] if s["symbol"] == "MSFT")["sentiment_score"] == 0.4
+
+
+# ------------------------------------------------------------------------------------------ quality checks
+
+
+def quality(records: list[dict], conn: object = None) -> dict[str, list[tuple[int, str, str]]]:
+    from datetime import UTC, datetime
+
+    from stockpulse.config import PipelineSettings
+    from stockpulse.quality import run_checks
+    from stockpulse.universes import Universe
+
+    valid = NEWS.validate(records).valid
+    pipe = PipelineSettings("n", "news", "finnhub", Universe("u", tickers=("AAPL",)))
+    result = run_checks(NEWS.quality_checks, valid, pipe, conn, NEWS.key_of or (lambda r: (r["id"], r["provider"])),
+                        first_record_no=0, now=datetime(2024, 1, 3, tzinfo=UTC))
+    out: dict[str, list[tuple[int, str, str]]] = {}
+    for f in result.findings:
+        out.setdefault(f.check, []).append((f.index, f.severity, f.details["reason"]))
+    return out
+
+
+def test_placeholders_future_articles_and_duplicates_in_a_payload() -> None:
+    found = quality([
+        record(),
+        record(provider_id="2", url="https://news.example.com/x/1?utm_medium=feed"),  # the same article again
+        record(provider_id="3", url="https://News.example.com/"),
+        record(provider_id="4", url="https://news.example.com/x/4", published_at="1970-01-01T00:00:00Z"),
+        record(provider_id="5", url="https://news.example.com/x/5", published_at="2024-01-03T05:00:00+00:00"),
+        record(provider_id="6", url="https://news.example.com/x/6", published_at="2024-01-03T00:04:00+00:00"),
+    ])
+    assert found == {
+        "missing_url_time": [(1, "error", "url https://News.example.com/ is a home page, not an article"),
+                             (2, "error", "published_at 1970-01-01T00:00:00+00:00 is a placeholder (before "
+                                          "1995-01-01)")],
+        "published_in_future": [(3, "warn", "published_at 2024-01-03T05:00:00+00:00 is 300 minutes in the future")],
+        "duplicate_url": [(0, "warn", "finnhub item 1 is the same article as 2")],
+    }
+
+
+def test_an_article_stored_under_another_id_of_the_same_provider_is_a_duplicate(database: str) -> None:
+    from stockpulse.datatypes.news import load
+    from stockpulse.db.engine import get_engine
+
+    with get_engine().begin() as conn:
+        load(conn, [NEWS.from_row(r) for r in NEWS.rows(NEWS.validate([record()]).valid)], pipeline="n")
+    with get_engine().connect() as conn:
+        assert quality([record()], conn) == {}  # the same item again (a re-run): no finding
+        found = quality([record(provider_id="99"), record(provider="polygon", provider_id="p1")], conn)
+    assert found == {"duplicate_url": [(0, "warn", "finnhub item 99 is the same article as 1 (stored)")]}

@@ -57,6 +57,38 @@ def test_a_replayed_frame_loads_nothing_twice(stream: Any) -> None:
     assert {r.ts.isoformat() for r in rows} == {"2022-12-29T21:21:27.195000+00:00", "2022-12-29T21:21:27.666000+00:00"}
 
 
+def test_tick_quality_checks_run_in_the_consumer_s_load(stream: Any, enable: Any) -> None:
+    import json
+
+    from stockpulse.streams.backlog import Batch
+    from stockpulse.streams.consumer import StreamConsumer
+
+    enable(PIPELINE, quality="{price_band: {severity: error}}")
+    consumer = StreamConsumer(PIPELINE, 0)
+    assert consumer.lease.acquire()
+    now_ms = int(time.time() * 1000) - 2000
+
+    def frame(*trades: tuple[str, float, float]) -> str:
+        nonlocal now_ms
+        now_ms += 10
+        return json.dumps({"type": "trade", "data": [{"c": None, "p": p, "s": s, "t": now_ms + i, "v": v}
+                                                     for i, (s, p, v) in enumerate(trades)]})
+
+    # The band carries from one commit to the next: the bad print arrives in the second.
+    for text in (frame(*(("AAPL", p, 10) for p in (100.0, 100.1, 99.9, 100.0, 100.2))),
+                 frame(("AAPL", 150.0, 10), ("AAPL", 100.1, 10), ("MSFT", 400.0, 0))):
+        consumer._take(text)
+        batch, consumer.batch, consumer.buffered = consumer.batch, Batch(), 0
+        consumer._load(batch)
+    consumer.lease.release()
+    assert sorted(r.price for r in table_rows("trades")) == [99.9, 100.0, 100.0, 100.1, 100.1, 100.2, 400.0]
+    [print_] = table_rows("quarantine")
+    assert print_.reason == "quality check price_band: price 150 is +50.0% from the median 100 of the last 5 trades"
+    assert print_.run_id == consumer.session_id and json.loads(print_.record)["price"] == 150.0
+    found = sorted((f.check, f.severity, f.symbol) for f in table_rows("data_quality_findings"))
+    assert found == [("price_band", "error", "AAPL"), ("size", "warn", "MSFT")]
+
+
 def test_a_silent_stream_is_reconnected(stream: Any) -> None:
     running = Running()
     wait_until(lambda: running.consumer.result.connects == 1 and stream.streamed()["sent"], "ticks")
