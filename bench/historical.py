@@ -1,12 +1,18 @@
 """Historical bars throughput: the real chain (simulator -> worker -> PostgreSQL) against a raw binary COPY.
 
     python bench/historical.py [--symbols 200] [--bars 1000] [--batch-size 10] [--database-url URL]
+    python bench/historical.py --tracing-ratios 1.0,0.01   # also: the cost of tracing at each sample ratio
 
 Prints rows/s for the whole chain, for the load stage alone (rows / summed load-stage time, i.e. one
 process's load throughput, comparable with one COPY), for a raw binary COPY of the same rows into an empty
 keyed table, their ratios, a re-run of the same backfill (all rows unchanged), and the worker's peak RSS.
 Targets (issue #2): load >= 0.4x raw COPY, chain >= 0.2x raw COPY, re-run >= first run,
 peak RSS < 400 MB at 1,000 x 1,000.
+
+With ``--tracing-ratios``, the same backfill is then loaded afresh (table emptied) by a new worker with
+tracing off and with tracing on at each ratio, exporting over OTLP/HTTP to a loopback receiver in this
+process, alternating for ``--tracing-rounds`` rounds; it prints each one's median rows/s and worker CPU
+time, their cost against tracing off, and the spans received (issue #9).
 """
 
 from __future__ import annotations
@@ -66,6 +72,9 @@ def main() -> int:
         "STOCKPULSE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--redis-url", default=os.environ.get("STOCKPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"))
     parser.add_argument("--skip-rerun", action="store_true")
+    parser.add_argument("--tracing-ratios", default="", help="comma-separated sample ratios to compare with "
+                        "tracing off, e.g. 1.0,0.01")
+    parser.add_argument("--tracing-rounds", type=int, default=5)
     args = parser.parse_args()
 
     from stockpulse.sim.server import SimState, serve_in_thread
@@ -176,6 +185,82 @@ def main() -> int:
           + f"; wall {wall1:.2f} s with {args.concurrency} worker processes")
     print(f"worker peak RSS:          {sampler.peak_total / 2**20:.0f} MB total (main + children), "
           f"{sampler.peak_single / 2**20:.0f} MB largest process (target < 400 MB)")
+    if args.tracing_ratios:
+        return tracing_cost(args, engine, workdir, timed_run, rows,
+                            [float(r) for r in args.tracing_ratios.split(",") if r.strip()])
+    return 0
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children so far."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for proc in (root, *root.children(recursive=True)):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
+
+
+def tracing_cost(args: argparse.Namespace, engine: object, workdir: Path, timed_run: object, rows: int,
+                 ratios: list[float]) -> int:
+    """The same fresh load with tracing off, then on at each ratio, alternating for ``--tracing-rounds``
+    rounds; the median wall time and the median worker CPU time (user + system, steadier than wall time on
+    a shared 2-core machine) of each."""
+    from statistics import median
+
+    from sqlalchemy import delete
+
+    from stockpulse.config import reset_settings
+    from stockpulse.db.models import bars, watermarks
+    from stockpulse.observability import tracing
+    from stockpulse.sim.otlp import OTLPSink
+
+    names = ("STOCKPULSE_TRACING__ENABLED", "STOCKPULSE_TRACING__ENDPOINT", "STOCKPULSE_TRACING__SAMPLE_RATIO",
+             "OTEL_BSP_SCHEDULE_DELAY")
+    walls: dict[float | None, list[float]] = {}
+    cpus: dict[float | None, list[float]] = {}
+    spans: dict[float | None, int] = {}
+    with OTLPSink() as sink:
+        for _round in range(args.tracing_rounds):
+            for ratio in (None, *ratios):
+                for name in names:
+                    os.environ.pop(name, None)
+                if ratio is not None:
+                    os.environ.update({"STOCKPULSE_TRACING__ENABLED": "true", "STOCKPULSE_TRACING__ENDPOINT": sink.endpoint,
+                                       "STOCKPULSE_TRACING__SAMPLE_RATIO": str(ratio), "OTEL_BSP_SCHEDULE_DELAY": "500"})
+                reset_settings()
+                tracing.init_tracing("cli")
+                with engine.begin() as conn:  # type: ignore[attr-defined]
+                    conn.execute(delete(bars))
+                    conn.execute(delete(watermarks))
+                worker = start_worker(workdir, "-Q", "historical", "-c", str(args.concurrency))
+                before, cpu_before = len(sink.received()), tree_cpu_s(worker.pid)
+                try:
+                    wall, run, _busy = timed_run()  # type: ignore[operator]
+                    time.sleep(1.0)  # the worker's last batch of spans goes out (its CPU counts)
+                    cpus.setdefault(ratio, []).append(tree_cpu_s(worker.pid) - cpu_before)
+                finally:
+                    tracing.shutdown_tracing()
+                    worker.terminate()
+                    worker.wait(30)
+                if run.status != "succeeded":
+                    print(f"run failed: {run.error_message}")
+                    return 1
+                walls.setdefault(ratio, []).append(wall)
+                spans[ratio] = len(sink.received()) - before
+    for name in names:
+        os.environ.pop(name, None)
+    off_wall, off_cpu = median(walls[None]), median(cpus[None])
+    print(f"tracing off:              {rows / off_wall:>10,.0f} rows/s (median of {args.tracing_rounds} fresh loads, "
+          f"{off_wall:.2f} s); worker CPU {off_cpu:.2f} s")
+    for ratio in ratios:
+        wall, cpu = median(walls[ratio]), median(cpus[ratio])
+        print(f"tracing on, ratio {ratio:<6g}: {rows / wall:>10,.0f} rows/s ({wall:.2f} s): throughput cost "
+              f"{1 - off_wall / wall:+.1%}; worker CPU {cpu:.2f} s ({cpu / off_cpu - 1:+.1%}); "
+              f"{spans[ratio]} spans exported by the last run")
     return 0
 
 

@@ -121,6 +121,9 @@ def _serve_metrics(**_: Any) -> None:
 
 @signals.worker_process_shutdown.connect
 def _pool_process_exited(pid: int | None = None, **_: Any) -> None:
+    from stockpulse.observability import tracing
+
+    tracing.force_flush(2)  # a pool process ends without atexit handlers: its last spans go now
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from stockpulse.observability import metrics
 
@@ -133,6 +136,14 @@ def _sentry_in_worker(**_: Any) -> None:
     from stockpulse.observability.sentry import init_sentry
 
     init_sentry(component="worker")
+
+
+@signals.worker_init.connect
+def _tracing_in_worker(**_: Any) -> None:
+    """Before the pool forks: the SDK's batch span processor restarts its export thread in each child."""
+    from stockpulse.observability.tracing import init_tracing
+
+    init_tracing("worker")
 
 
 @signals.beat_init.connect

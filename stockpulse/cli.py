@@ -48,6 +48,13 @@ def _service_error(exc: BaseException) -> str | None:
     return None
 
 
+def _trace_runs() -> None:
+    """Commands that start runs open their traces here (``tracing.enabled``): service ``<name>-cli``."""
+    from stockpulse.observability.tracing import init_tracing
+
+    init_tracing("cli")
+
+
 def _date(ctx: click.Context, param: click.Parameter, value: str | None) -> date | None:
     if value is None:
         return None
@@ -348,6 +355,8 @@ def _row_data(row: Any) -> dict[str, Any]:
 def _summary(run: Any) -> str:
     text = (f"run {run.id} {run.pipeline} [{run.trigger}] {run.status}: fetched {run.records_fetched}, "
             f"loaded {run.records_loaded}, rejected {run.records_rejected}")
+    if run.trace_id:
+        text += f"\n  trace: {run.trace_id}"
     if run.error_message:
         text += f"\n  error: {run.error_type}: {run.error_message}"
     return text
@@ -372,6 +381,7 @@ def run(pipeline: str, symbols: list[str] | None, start: date | None, end: date 
         if start is not None:
             raise click.UsageError("--full-refresh and --start exclude each other")
         start = FULL_REFRESH_START
+    _trace_runs()
     run_id = start_run(pipeline, symbols=symbols, trigger="manual", start=start, end=end)
     click.echo(f"queued run {run_id}")
     if not wait:
@@ -408,6 +418,7 @@ def backfill(pipeline: str, start: date, end: date, symbols: list[str] | None, c
 
     if start > end:
         raise click.BadParameter("--start is after --end")
+    _trace_runs()
     plan = plan_backfill(pipeline, start, end, symbols=symbols, chunk_days=chunk_days, reprocess=reprocess)
     if dry_run:
         for chunk in plan.chunks:
@@ -448,6 +459,7 @@ def gaps(pipeline: str, symbols: list[str] | None, start: date | None, end: date
             click.echo(f"{g.symbol}: {len(g.missing)} of {g.expected} sessions missing"
                        + (f": {', '.join(ranges)}" if ranges else ""))
     if fill and report["missing"]:
+        _trace_runs()
         run_ids = fill_gaps(pipeline, found)
         click.echo(f"queued {len(run_ids)} backfill runs: {', '.join(run_ids)}", err=as_json)
 
@@ -456,9 +468,10 @@ def gaps(pipeline: str, symbols: list[str] | None, start: date | None, end: date
 @click.option("--pipeline")
 @click.option("--status", type=click.Choice(["queued", "running", "succeeded", "partial", "failed", "skipped"]))
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--trace", "trace_id", help="The run of this trace id (from a trace viewer or a log line).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
-def runs(pipeline: str | None, status: str | None, limit: int, as_json: bool) -> None:
-    """Recent pipeline runs, newest first."""
+def runs(pipeline: str | None, status: str | None, limit: int, trace_id: str | None, as_json: bool) -> None:
+    """Recent pipeline runs, newest first, with their trace ids when tracing is on."""
     from rich.console import Console
     from rich.table import Table
     from sqlalchemy import select
@@ -471,18 +484,21 @@ def runs(pipeline: str | None, status: str | None, limit: int, as_json: bool) ->
         query = query.where(t.c.pipeline == pipeline)
     if status:
         query = query.where(t.c.status == status)
+    if trace_id:
+        query = query.where(t.c.trace_id == trace_id.strip().lower())
     with get_engine().connect() as conn:
         rows = conn.execute(query).all()
     if as_json:
         for row in rows:
             click.echo(json.dumps(_row_data(row)))
         return
-    table = Table("run id", "pipeline", "trigger", "status", "created", "fetched", "loaded", "rejected", "error")
+    table = Table("run id", "pipeline", "trigger", "status", "created", "fetched", "loaded", "rejected", "trace",
+                  "error")
     for row in rows:
         table.add_row(row.id, row.pipeline, row.trigger, row.status, row.created_at.strftime("%Y-%m-%d %H:%M:%S"),
                       str(row.records_fetched), str(row.records_loaded), str(row.records_rejected),
-                      (row.error_message or "")[:80])
-    Console(width=200).print(table)
+                      row.trace_id or "-", (row.error_message or "")[:80])
+    Console(width=240).print(table)
 
 
 # ---------------------------------------------------------------------------------------------- providers
@@ -702,6 +718,8 @@ def dlq_replay(entry_id: str | None, replay_all: bool, pipeline: str | None, dry
     if bool(entry_id) == replay_all:
         raise click.UsageError("give one entry id, or --all")
     ids = [entry_id] if entry_id else [e.id for e in dead.entries(pipeline=pipeline)]
+    if not dry_run:
+        _trace_runs()
     for i in ids:
         result = dead.replay(i, dry_run=dry_run)
         if dry_run:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,9 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "sim": {"seed": 42},
     # Off until a DSN is set (STOCKPULSE_SENTRY__DSN_FILE for a secret file).
     "sentry": {"dsn": None, "traces_sample_rate": 0.0, "monitor_beat_tasks": True, "exclude_beat_tasks": []},
+    # OpenTelemetry traces, one per pipeline run (docs/operations.md, "Tracing"); off: no SDK, no spans.
+    "tracing": {"enabled": False, "endpoint": "http://127.0.0.1:4318/v1/traces", "sample_ratio": 1.0,
+                "service_name": "stockpulse", "export_timeout_s": 10},
     # The built-in notifier (stockpulse.maintenance.notify), for installs without Alertmanager.
     "notifier": {"enabled": False, "repeat_interval_s": 14400, "log": True, "webhook_url": None,
                  "runbook_base_url": "", "timeout_s": 10,
@@ -173,6 +176,7 @@ class Settings:
     sim: dict[str, Any]
     sentry: dict[str, Any]
     notifier: dict[str, Any]
+    tracing: dict[str, Any]
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def pipeline(self, name: str) -> PipelineSettings:
@@ -487,6 +491,17 @@ class SentrySchema(_Strict):
         "schedule names (or regular expressions) not to monitor, e.g. `supervise-streams`"))
 
 
+class TracingSchema(_Strict):
+    enabled = fields.Boolean(metadata=_doc("export OpenTelemetry traces; off, the SDK is not even loaded"))
+    endpoint = fields.String(metadata=_doc("OTLP/HTTP traces endpoint of the collector"))
+    sample_ratio = fields.Float(validate=validate.Range(min=0, max=1), metadata=_doc(
+        "share of pipeline runs traced, decided once per run at its trigger and followed by every stage"))
+    service_name = fields.String(validate=validate.Length(min=1), metadata=_doc(
+        "service name prefix; each process type appends its own: `-worker` (stages and stream consumers), "
+        "`-cli` (commands that start runs)"))
+    export_timeout_s = fields.Float(validate=validate.Range(min=0.1), metadata=_doc("OTLP export timeout"))
+
+
 class EmailSinkSchema(_Strict):
     host = fields.String(allow_none=True, metadata=_doc("SMTP relay; no e-mail without one"))
     port = fields.Integer(validate=validate.Range(min=1, max=65535), metadata=_doc("SMTP port"))
@@ -542,6 +557,7 @@ class SettingsSchema(_Strict):
                             metadata=_doc("pipelines by name"))
     sim = fields.Nested(SimSchema, required=True, metadata=_doc("the loopback simulator (`stockpulse sim serve`)"))
     sentry = fields.Nested(SentrySchema, required=True, metadata=_doc("error reporting and cron monitors"))
+    tracing = fields.Nested(TracingSchema, required=True, metadata=_doc("OpenTelemetry traces"))
     notifier = fields.Nested(NotifierSchema, required=True, metadata=_doc("the built-in notifier"))
 
     @validates_schema
@@ -791,6 +807,7 @@ def _build(data: dict, origins: dict[str, str], root: Path) -> Settings:
         sim=data["sim"],
         sentry=data["sentry"],
         notifier=data["notifier"],
+        tracing=data["tracing"],
         origins=origins,
     )
 
@@ -905,13 +922,23 @@ def known_secrets(settings: Settings | None = None) -> list[str]:
 
 def redact_text(text: str, settings: Settings | None = None) -> str:
     """Remove configured secrets and key-looking query parameters from text bound for a log or a store."""
+    return redactor(settings)(text)
+
+
+def redactor(settings: Settings | None = None) -> Callable[[str], str]:
+    """``redact_text`` with the secrets looked up once, for many strings (a batch of spans)."""
     try:
         secrets = known_secrets(settings)
     except ConfigError:
         secrets = []
-    for value in secrets:
-        text = text.replace(value, "***")
-    return SECRET_PARAMS.sub(r"\1=***", text)
+
+    def redact(text: str) -> str:
+        for value in secrets:
+            if value in text:
+                text = text.replace(value, "***")
+        return SECRET_PARAMS.sub(r"\1=***", text) if "=" in text else text
+
+    return redact
 
 
 _settings: Settings | None = None

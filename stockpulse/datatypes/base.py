@@ -90,12 +90,16 @@ class DataType:
 
     def load_rows(self, conn: Any, pipe: Any, rows: list[tuple[Any, ...]]) -> int:
         """Upsert transport rows for ``pipe`` (its own loader, or the bulk upsert of its target table)."""
+        from stockpulse.observability import tracing
         from stockpulse.pipeline.loader import upsert
 
-        if self.load is not None:
-            return self.load(conn, rows, pipeline=pipe.name)
         table, key = self.target(pipe)
-        return upsert(conn, table, self.columns, key, rows)
+        # A span for the write as a whole: the bulk path (COPY on PostgreSQL) bypasses SQLAlchemy's events.
+        with tracing.span("db.load", **{"db.collection.name": table.name, "stockpulse.rows": len(rows),
+                                        "stockpulse.data_type": self.name}):
+            if self.load is not None:
+                return self.load(conn, rows, pipeline=pipe.name)
+            return upsert(conn, table, self.columns, key, rows)
 
     def validate_one(self, record: Any) -> tuple[dict[str, Any] | None, str | None]:
         """(canonical record, None) or (None, reason)."""

@@ -7,7 +7,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 
 _engines: dict[tuple[int, str], Engine] = {}
@@ -46,10 +47,11 @@ def _create(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60})
+        engine = sqlalchemy.create_engine(url, connect_args={"timeout": 60})
         _setup_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
+    # sqlalchemy.create_engine looked up at call time: with tracing on, the instrumented one.
+    return sqlalchemy.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_recycle=1800)
 
 
 def _setup_sqlite(engine: Engine) -> None:

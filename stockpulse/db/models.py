@@ -113,7 +113,10 @@ pipeline_runs = Table(
     Column("error_type", String(64)),
     Column("error_message", Text),
     Column("task_ids", JSON, nullable=False),
+    # The run's OpenTelemetry trace (32 hex digits) when tracing is on and the run was sampled.
+    Column("trace_id", String(32)),
     Index("ix_pipeline_runs_pipeline_created", "pipeline", "created_at"),
+    Index("ix_pipeline_runs_trace", "trace_id"),
     Index("ix_pipeline_runs_status", "status"),
 )
 

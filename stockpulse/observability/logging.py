@@ -1,7 +1,8 @@
 """Process logging: JSON lines (python-json-logger) or a console format, chosen by ``logging.format``.
 
 Inside a Celery task every record carries the task id and name and, for pipeline stages, the run id,
-batch, pipeline and stage, bound once from the task's request rather than passed through every call.
+batch, pipeline and stage, bound once from the task's request rather than passed through every call; in a
+traced run, every record carries the ``trace_id`` and ``span_id`` of the span it was logged in.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
+
+from stockpulse.observability import tracing
 
 CONTEXT_FIELDS = ("run_id", "batch_no", "pipeline")
 CONSOLE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"
@@ -36,6 +39,9 @@ class TaskContextFilter(logging.Filter):
             stage = getattr(task, "stage", "")
             if stage and not hasattr(record, "stage"):
                 record.stage = stage
+        ids = tracing.current_ids()  # None at once when tracing is off
+        if ids is not None:
+            record.trace_id, record.span_id = ids
         return True
 
 

@@ -21,6 +21,7 @@ from stockpulse.db.models import pipeline_run_batches as batches_t
 from stockpulse.db.models import pipeline_runs as runs_t
 from stockpulse.db.models import watermarks as watermarks_t
 from stockpulse.errors import ConfigError, utcnow
+from stockpulse.observability import tracing
 
 TRIGGERS = ("schedule", "manual", "backfill", "replay", "gap_fill")
 FINAL = ("succeeded", "partial", "failed")
@@ -87,12 +88,13 @@ def start_run(pipeline: str, *, symbols: list[str] | None = None, trigger: str =
     end_d = date.fromisoformat(end) if isinstance(end, str) else end
     if start_d and end_d and start_d > end_d:
         raise ConfigError(f"start {start_d} is after end {end_d}")
-    with get_engine().begin() as conn:
-        plans = plan_batches(pipe, chosen, start_d, end_d, conn)
-        run_id = _create_run(conn, pipe, trigger, plans, {
-            "symbols": list(chosen), "start": start_d.isoformat() if start_d else None,
-            "end": end_d.isoformat() if end_d else None, "interval": pipe.interval})
-    _enqueue(run_id, [chain_from("fetch", None, run_id, p.batch_no, pipe.name) for p in plans])
+    with tracing.run_root(pipe.name, trigger):
+        with get_engine().begin() as conn:
+            plans = plan_batches(pipe, chosen, start_d, end_d, conn)
+            run_id = _create_run(conn, pipe, trigger, plans, {
+                "symbols": list(chosen), "start": start_d.isoformat() if start_d else None,
+                "end": end_d.isoformat() if end_d else None, "interval": pipe.interval})
+        _enqueue(run_id, [chain_from("fetch", None, run_id, p.batch_no, pipe.name) for p in plans])
     return run_id
 
 
@@ -116,11 +118,12 @@ def start_gap_fill(pipeline: str, symbols: tuple[str, ...], since: datetime, unt
     window = (since.astimezone(UTC).isoformat(), until.astimezone(UTC).isoformat())
     plans = [BatchPlan(n, tuple(symbols[i:i + pipe.batch_size]), since.date(), until.date())
              for n, i in enumerate(range(0, len(symbols), pipe.batch_size))]
-    with get_engine().begin() as conn:
-        run_id = _create_run(conn, pipe, "gap_fill", plans, {
-            "symbols": list(symbols), "since": window[0], "until": window[1], "interval": pipe.interval},
-            window=window)
-    _enqueue(run_id, [chain_from("fetch", None, run_id, p.batch_no, pipe.name) for p in plans])
+    with tracing.run_root(pipe.name, "gap_fill"):
+        with get_engine().begin() as conn:
+            run_id = _create_run(conn, pipe, "gap_fill", plans, {
+                "symbols": list(symbols), "since": window[0], "until": window[1], "interval": pipe.interval},
+                window=window)
+        _enqueue(run_id, [chain_from("fetch", None, run_id, p.batch_no, pipe.name) for p in plans])
     return run_id
 
 
@@ -139,30 +142,36 @@ def start_replay(entry: Any) -> tuple[str, str]:
     from stockpulse.pipeline.tasks import chain_from
 
     pipe = get_settings().pipeline(entry.pipeline)
-    with get_engine().begin() as conn:
-        original = load_batch(conn, entry.run_id, entry.batch_no)
-        start_d, end_d, since, until = batch_window(original)
-        plan = BatchPlan(0, tuple(original.symbols), start_d, end_d)
-        run_id = _create_run(conn, pipe, "replay", [plan], {
-            "symbols": list(plan.symbols), "start": original.start, "end": original.end, "interval": pipe.interval,
-            "replay_of": entry.id, "original_run": entry.run_id, "original_batch": entry.batch_no},
-            window=(original.start, original.end) if since else None)
-    stage, stage_input = "fetch", None
-    handles = [entry.stage_input] if entry.stage == "transform" else \
-        [(entry.stage_input or {}).get("rows"), (entry.stage_input or {}).get("fetched")]
-    if entry.stage != "fetch" and entry.stage_input and all(payloads.exists(h) for h in handles if h is not None):
-        stage, stage_input = entry.stage, entry.stage_input
-    _enqueue(run_id, [chain_from(stage, stage_input, run_id, 0, pipe.name)])
+    with tracing.run_root(pipe.name, "replay", **{"stockpulse.replay_of": entry.id}):
+        with get_engine().begin() as conn:
+            original = load_batch(conn, entry.run_id, entry.batch_no)
+            start_d, end_d, since, until = batch_window(original)
+            plan = BatchPlan(0, tuple(original.symbols), start_d, end_d)
+            run_id = _create_run(conn, pipe, "replay", [plan], {
+                "symbols": list(plan.symbols), "start": original.start, "end": original.end, "interval": pipe.interval,
+                "replay_of": entry.id, "original_run": entry.run_id, "original_batch": entry.batch_no},
+                window=(original.start, original.end) if since else None)
+        stage, stage_input = "fetch", None
+        handles = [entry.stage_input] if entry.stage == "transform" else \
+            [(entry.stage_input or {}).get("rows"), (entry.stage_input or {}).get("fetched")]
+        if entry.stage != "fetch" and entry.stage_input and all(payloads.exists(h) for h in handles if h is not None):
+            stage, stage_input = entry.stage, entry.stage_input
+        _enqueue(run_id, [chain_from(stage, stage_input, run_id, 0, pipe.name)])
     return run_id, stage
 
 
 def _create_run(conn: Connection, pipe: PipelineSettings, trigger: str, plans: list[BatchPlan],
                 params: dict[str, Any], window: tuple[str, str] | None = None) -> str:
     run_id = str(uuid.uuid4())
+    # Inside the run's root span (tracing.run_root): the run and its trace name each other.
+    tracing.annotate(**{"stockpulse.run_id": run_id, "stockpulse.provider": pipe.provider,
+                        "stockpulse.data_type": pipe.data_type, "stockpulse.batches": len(plans)})
+    ids = tracing.current_ids()
     conn.execute(runs_t.insert().values(
         id=run_id, pipeline=pipe.name, data_type=pipe.data_type, provider=pipe.provider, trigger=trigger,
         status="queued", created_at=utcnow(), batches_total=len(plans), batches_done=0,
         records_fetched=0, records_loaded=0, records_rejected=0, task_ids=[], params=params,
+        trace_id=ids[0] if ids else None,
     ))
     if not plans:  # a skipped run has no batches (an empty executemany would insert one empty row)
         return run_id

@@ -23,7 +23,7 @@ from stockpulse.datatypes.base import Rejected
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import watermarks as watermarks_t
 from stockpulse.errors import TransientError, classify
-from stockpulse.observability import metrics, sentry
+from stockpulse.observability import metrics, sentry, tracing
 from stockpulse.pipeline import payloads, runs
 from stockpulse.pipeline.checkpoints import FetchCheckpoint
 from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks
@@ -61,9 +61,14 @@ class StageTask(Task):
                 log.info("stage skipped: batch already %s", batch.status, extra=context)
                 return {"skipped": batch.status}
             pipe = get_settings().pipelines.get(pipeline)
+            tracing.annotate(**{"stockpulse.pipeline": pipeline, "stockpulse.provider": pipe.provider if pipe else None,
+                                "stockpulse.data_type": pipe.data_type if pipe else None,
+                                "stockpulse.stage": self.stage, "stockpulse.run_id": run_id,
+                                "stockpulse.batch_no": batch_no, "stockpulse.attempt": (self.request.retries or 0) + 1})
+            trace_ids = tracing.current_ids()
             sentry.tag_scope(pipeline=pipeline, provider=pipe.provider if pipe else None,
                              data_type=pipe.data_type if pipe else None, run_id=run_id, batch_no=batch_no,
-                             stage=self.stage)
+                             stage=self.stage, trace_id=trace_ids[0] if trace_ids else None)
             log.info("%s started", self.stage,
                      extra={**context, "provider": pipe.provider if pipe else None,
                             "data_type": pipe.data_type if pipe else None, "symbols": len(batch.symbols or ())})
@@ -90,6 +95,8 @@ class StageTask(Task):
                          extra={**context, "provider": provider, "delay_s": round(delay, 3),
                                 "wait": type(error).__name__})
                 metrics.wait(provider, "quota" if isinstance(error, QuotaWait) else "breaker")
+                tracing.event("quota.wait" if isinstance(error, QuotaWait) else "breaker.wait", provider=provider,
+                              delay_s=round(delay, 3))
                 raise self.retry(countdown=delay, exc=error, max_retries=None) from None
             failures = 0
             if isinstance(error, TransientError):
@@ -105,6 +112,8 @@ class StageTask(Task):
                                     extra={**context, "provider": provider, "attempt": failures + 1,
                                            "delay_s": round(delay, 3), "error_type": type(error).__name__})
                         metrics.retry(pipeline, self.stage, type(error).__name__)
+                        tracing.event("retry", attempt=failures + 1, delay_s=round(delay, 3),
+                                      error_type=type(error).__name__)
                         metrics.stage_done(pipeline, self.stage, "retry", time.monotonic() - began)
                         raise self.retry(countdown=delay, exc=error, max_retries=None) from None
             log.error("%s failed for good: %s: %s", self.stage, type(error).__name__, error,
@@ -147,6 +156,7 @@ _stage_began: ContextVar[float] = ContextVar("stockpulse_stage_began", default=0
 def _finished(pipe: Any, **fields: Any) -> dict[str, Any]:
     """The fields of a stage's end event: its counts, the pipeline's provider and data type, duration_ms."""
     began = _stage_began.get()
+    tracing.annotate(**{f"stockpulse.{name}": value for name, value in fields.items()})
     return {"provider": pipe.provider, "data_type": pipe.data_type,
             "duration_ms": round((time.monotonic() - began) * 1000) if began else None, **fields}
 

@@ -23,7 +23,7 @@ import requests
 from stockpulse import __version__
 from stockpulse.config import ProviderSettings
 from stockpulse.errors import TRANSIENT_HTTP_STATUSES, PermanentError, TransientError, parse_retry_after
-from stockpulse.observability import metrics
+from stockpulse.observability import metrics, tracing
 
 NEW_YORK = ZoneInfo("America/New_York")
 log = logging.getLogger("stockpulse.providers")
@@ -215,21 +215,30 @@ class ProviderClient:
     def _get_retrying(self, path: str, params: dict | None, headers: dict | None,
                       parse: Callable[[requests.Response], Any], breaker: Any, quotas: Any) -> Any:
         retries = self.settings.request_retries
-        for attempt in range(retries + 1):
-            quotas.acquire(self.spec.name)
-            try:
-                return breaker.call(self.spec.name,
-                                    lambda: parse(self._get(path, params=params, headers=headers)))
-            except (quotas.QuotaWait, breaker.BreakerOpen):
-                raise
-            except TransientError as exc:
-                delay = max(self.settings.request_backoff_s * (2 ** attempt), exc.retry_after or 0.0)
-                if attempt >= retries or delay > self.settings.request_backoff_cap_s:
+        # One span per logical request (its HTTP attempts are the requests instrumentation's child spans).
+        with tracing.span("provider.request", **{"stockpulse.provider": self.spec.name,
+                                                 "url.path": self._safe_path(path)}):
+            for attempt in range(retries + 1):
+                try:
+                    quotas.acquire(self.spec.name)
+                    return breaker.call(self.spec.name,
+                                        lambda: parse(self._get(path, params=params, headers=headers)))
+                except quotas.QuotaWait as exc:
+                    tracing.event("quota.wait", retry_after_s=exc.retry_after)
                     raise
-                log.info("%s: request failed (%s), retrying in %.2fs (attempt %d of %d)", self.spec.name, exc,
-                         delay, attempt + 2, retries + 1,
-                         extra={"provider": self.spec.name, "attempt": attempt + 2, "delay_s": round(delay, 3)})
-                time.sleep(delay)
+                except breaker.BreakerOpen as exc:
+                    tracing.event("breaker.rejected", retry_after_s=exc.retry_after)
+                    raise
+                except TransientError as exc:
+                    delay = max(self.settings.request_backoff_s * (2 ** attempt), exc.retry_after or 0.0)
+                    if attempt >= retries or delay > self.settings.request_backoff_cap_s:
+                        raise
+                    log.info("%s: request failed (%s), retrying in %.2fs (attempt %d of %d)", self.spec.name, exc,
+                             delay, attempt + 2, retries + 1,
+                             extra={"provider": self.spec.name, "attempt": attempt + 2, "delay_s": round(delay, 3)})
+                    tracing.event("retry", attempt=attempt + 2, delay_s=round(delay, 3),
+                                  error_type=type(exc).__name__)
+                    time.sleep(delay)
         raise AssertionError("unreachable")
 
     def _json_body(self, response: requests.Response) -> Any:
