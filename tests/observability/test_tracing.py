@@ -226,3 +226,44 @@ def test_with_tracing_off_a_worker_exports_nothing(clean_stack: Stack, sim: Any)
         time.sleep(1.0)  # several export intervals
         assert sink.received() == [] and sink.raw == []
         assert '"trace_id"' not in worker.log()
+
+
+@pytest.mark.integration
+def test_a_dlq_replay_is_a_run_of_its_own_with_a_trace_of_its_own(clean_stack: Stack, sim: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from stockpulse.config import reset_settings
+    from stockpulse.observability import tracing
+    from stockpulse.pipeline.runs import get_run
+    from stockpulse.reliability import dlq
+
+    with OTLPSink() as sink:
+        env = {"STOCKPULSE_TRACING__ENABLED": "true", "STOCKPULSE_TRACING__ENDPOINT": sink.endpoint,
+               "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        clean_stack.restart_worker(**env)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        assert tracing.init_tracing("cli")
+        try:
+            sim.fault("alphavantage", "drop", times=20)  # every attempt: the batch is dead-lettered
+            failed = clean_stack.run("alphavantage_daily_bars", symbols=["IBM"], start=START, end=END, timeout=120)
+            sim.clear()
+            [entry] = dlq.entries()
+            replayed = dlq.replay(entry.id)  # as `stockpulse dlq replay` does
+            run = clean_stack.wait(replayed["replay_run"])
+        finally:
+            tracing.shutdown_tracing()
+            monkeypatch.undo()
+            reset_settings()
+        assert failed.status == "failed" and run.status == "succeeded"
+        assert failed.trace_id and run.trace_id and run.trace_id != failed.trace_id
+        # The failed run's trace shows its fetch attempts and their retry events.
+        failed_spans = wait_for(sink, failed.trace_id, {"pipeline.run", "run/stockpulse.pipeline.fetch"})
+        retries = [attrs for s in failed_spans for name, attrs in s.events if name == "retry"]
+        assert len(retries) >= 2 and sorted(r["attempt"] for r in retries)[:2] == [2, 3]
+        spans = wait_for(sink, run.trace_id, {"pipeline.run", "run/stockpulse.pipeline.fetch",
+                                               "run/stockpulse.pipeline.load"})
+        [root] = [s for s in spans if s.name == "pipeline.run"]
+        assert root.attributes["stockpulse.run.trigger"] == "replay"
+        assert root.attributes["stockpulse.replay_of"] == entry.id and root.attributes["stockpulse.run_id"] == run.id
+        assert get_run(run.id).trace_id == run.trace_id
