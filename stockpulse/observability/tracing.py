@@ -192,18 +192,12 @@ def current_ids() -> tuple[str, str] | None:
 # ------------------------------------------------------------------------------------- sampler, export
 
 
-def __getattr__(name: str) -> Any:
-    """``RunRootSampler`` and ``RedactingExporter`` subclass the SDK's classes: defined on first use, so that
-    importing this module never imports the SDK."""
-    if name in ("RunRootSampler", "RedactingExporter"):
-        return _sdk_classes()[name]
-    raise AttributeError(name)
-
-
 _classes: dict[str, type] = {}
 
 
 def _sdk_classes() -> dict[str, type]:
+    """``RunRootSampler`` and ``RedactingExporter`` subclass the SDK's classes: defined on first use, so that
+    importing this module never imports the SDK."""
     if _classes:
         return _classes
     from opentelemetry.sdk.trace import ReadableSpan
