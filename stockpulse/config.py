@@ -91,7 +91,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "sentry": {"dsn": None, "traces_sample_rate": 0.0, "monitor_beat_tasks": True, "exclude_beat_tasks": []},
     # OpenTelemetry traces, one per pipeline run (docs/operations.md, "Tracing"); off: no SDK, no spans.
     "tracing": {"enabled": False, "endpoint": "http://127.0.0.1:4318/v1/traces", "sample_ratio": 1.0,
-                "service_name": "stockpulse", "export_timeout_s": 10},
+                "stream_sample_ratio": 0.01, "service_name": "stockpulse", "export_timeout_s": 10},
     # The built-in notifier (stockpulse.maintenance.notify), for installs without Alertmanager.
     "notifier": {"enabled": False, "repeat_interval_s": 14400, "log": True, "webhook_url": None,
                  "runbook_base_url": "", "timeout_s": 10,
@@ -496,6 +496,9 @@ class TracingSchema(_Strict):
     endpoint = fields.String(metadata=_doc("OTLP/HTTP traces endpoint of the collector"))
     sample_ratio = fields.Float(validate=validate.Range(min=0, max=1), metadata=_doc(
         "share of pipeline runs traced, decided once per run at its trigger and followed by every stage"))
+    stream_sample_ratio = fields.Float(validate=validate.Range(min=0, max=1), metadata=_doc(
+        "share of stream commits traced, each a trace of its own (a shard commits about once a second: "
+        "a run is minutes apart)"))
     service_name = fields.String(validate=validate.Length(min=1), metadata=_doc(
         "service name prefix; each process type appends its own: `-worker` (stages and stream consumers), "
         "`-cli` (commands that start runs)"))

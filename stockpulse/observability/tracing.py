@@ -10,8 +10,10 @@ What a trace is: a run's trigger (``start_run`` and its siblings, whoever calls 
 CLI, ``celery call``, a DLQ replay, a stream's gap fill) opens a root span ``pipeline.run`` in a trace of
 its own, and the chains it enqueues carry that context in their task headers, so every fetch, transform
 and load (and their retries) joins it, on whichever worker. Whether a run is traced is decided once at its
-root (``sample_ratio``) and followed by every stage. Spans outside a run (broker polling, the exporter's
-status queries, maintenance tasks) are never sampled: :class:`RunRootSampler`.
+root (``sample_ratio``) and followed by every stage. A stream consumer's commit (validate, check, write one
+batch of ticks) is a short trace of its own, ``stream.commit``, sampled at ``stream_sample_ratio``: a
+stream has no run, and one trace per session would last hours. Spans outside a run or commit (broker
+polling, the exporter's status queries, maintenance tasks) are never sampled: :class:`RunRootSampler`.
 
 Attributes are bounded (pipeline, provider, data type, stage, counts; ours cut at 256 characters, any at
 1024, an instrumentation's SQL statement included) and
@@ -30,7 +32,8 @@ from typing import Any
 from stockpulse.config import Settings, get_settings
 
 log = logging.getLogger("stockpulse.tracing")
-RUN_TRIGGER = "stockpulse.run.trigger"  # the attribute that marks a run's root span
+RUN_TRIGGER = "stockpulse.run.trigger"  # the attribute that marks a trace's root span (a run's, a commit's)
+STREAM_TRIGGER = "stream"  # a stream commit's trigger, sampled at stream_sample_ratio
 MAX_STRING = 256  # our attributes
 MAX_ATTRIBUTE = 1024  # any attribute, an instrumentation's SQL statement included
 _NULL = contextlib.nullcontext()
@@ -76,7 +79,9 @@ def init_tracing(component: str, *, settings: Settings | None = None, exporter: 
                                 "service.version": __version__, "deployment.environment": settings.environment})
     classes = _sdk_classes()
     provider = TracerProvider(resource=resource,
-                              sampler=ParentBased(classes["RunRootSampler"](float(conf.get("sample_ratio", 1.0)))),
+                              sampler=ParentBased(classes["RunRootSampler"](
+                                  float(conf.get("sample_ratio", 1.0)),
+                                  {STREAM_TRIGGER: float(conf.get("stream_sample_ratio", 0.01))})),
                               span_limits=SpanLimits(max_attribute_length=MAX_ATTRIBUTE, max_events=64,
                                                      max_span_attributes=64))
     # Cutting a long attribute is the bound doing its job, not news for the log at every statement.
@@ -142,9 +147,10 @@ def span(name: str, **attributes: Any) -> Any:
 
 
 @contextlib.contextmanager
-def run_root(pipeline: str, trigger: str, **attributes: Any) -> Iterator[str | None]:
-    """The root span of a run, in a trace of its own (linked to whatever triggered it: a beat or
-    ``celery call`` task, a stream consumer); yields the trace id when the run is traced, else None."""
+def run_root(pipeline: str, trigger: str, *, name: str = "pipeline.run", **attributes: Any) -> Iterator[str | None]:
+    """The root span of a run (or, ``name="stream.commit"``, of a stream commit), in a trace of its own
+    (linked to whatever triggered it: a beat or ``celery call`` task, a stream consumer); yields the trace
+    id when it is traced, else None."""
     if _tracer is None:
         yield None
         return
@@ -152,7 +158,7 @@ def run_root(pipeline: str, trigger: str, **attributes: Any) -> Iterator[str | N
 
     current = trace.get_current_span().get_span_context()
     links = [trace.Link(current)] if current.is_valid else []
-    with _tracer.start_as_current_span("pipeline.run", context=context.Context(), links=links,
+    with _tracer.start_as_current_span(name, context=context.Context(), links=links,
                                        attributes=bounded({RUN_TRIGGER: trigger, "stockpulse.pipeline": pipeline,
                                                            **attributes})) as root:
         ids = root.get_span_context()
@@ -209,19 +215,22 @@ def _sdk_classes() -> dict[str, type]:
 
     class _RunRootSampler(Sampler):
         """For spans without a parent: a run's root (marked ``stockpulse.run.trigger``) is sampled at the
-        ratio; any other root (broker polling, status queries, maintenance tasks) is dropped."""
+        ratio, or at its trigger's own (``stream``); any other root (broker polling, status queries,
+        maintenance tasks) is dropped."""
 
-        def __init__(self, ratio: float):
+        def __init__(self, ratio: float, by_trigger: dict[str, float] | None = None):
             self.ratio = TraceIdRatioBased(ratio)
+            self.by_trigger = {trigger: TraceIdRatioBased(r) for trigger, r in (by_trigger or {}).items()}
 
         def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None,
                           attributes: Any = None, links: Any = None, trace_state: Any = None) -> Any:
             if attributes and RUN_TRIGGER in attributes:
-                return self.ratio.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+                sampler = self.by_trigger.get(attributes[RUN_TRIGGER], self.ratio)
+                return sampler.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
             return SamplingResult(Decision.DROP)
 
         def get_description(self) -> str:
-            return f"RunRootSampler({self.ratio.get_description()})"
+            return f"RunRootSampler({self.ratio.get_description()}, {sorted(self.by_trigger)})"
 
     def _clean(value: Any, redact: Callable[[str], str]) -> Any:
         if isinstance(value, str):

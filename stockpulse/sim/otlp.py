@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -121,3 +122,14 @@ class OTLPSink:
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         return [s for s in self.received() if s.trace_id == trace_id]
+
+    def wait_for(self, trace_id: str, names: set[str], timeout: float = 30) -> list[ReceivedSpan]:
+        """The spans of a trace once spans of each of NAMES have arrived (processes export in batches)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            spans = self.trace(trace_id)
+            if names <= {s.name for s in spans}:
+                return spans
+            time.sleep(0.2)
+        have = {s.name for s in self.trace(trace_id)}
+        raise AssertionError(f"trace {trace_id}: {sorted(have)} lacks {sorted(names - have)}")

@@ -35,7 +35,7 @@ from stockpulse.datatypes.base import Rejected
 from stockpulse.db.engine import get_engine
 from stockpulse.db.models import stream_fences, stream_gaps, watermarks
 from stockpulse.errors import ConfigError, PermanentError, TransientError, classify
-from stockpulse.observability import metrics, sentry
+from stockpulse.observability import metrics, sentry, tracing
 from stockpulse.pipeline.loader import latest_per_symbol, raise_watermarks, upsert
 from stockpulse.pipeline.quarantine import quarantine_records
 from stockpulse.providers import PROVIDERS
@@ -119,8 +119,9 @@ class StreamConsumer:
         self.retired = False  # config no longer has this shard (``stop`` is the worker's, shared by consumers)
         self.result = Session()
         self.state: str | None = None
+        # run_id: the session, as in its quarantine rows and findings and its commits' traces.
         self.context = {"pipeline": pipeline, "shard": self.shard, "provider": self.pipe.provider,
-                        "data_type": self.pipe.data_type}
+                        "data_type": self.pipe.data_type, "run_id": self.session_id}
 
     # ------------------------------------------------------------------------------------------ run
 
@@ -313,7 +314,19 @@ class StreamConsumer:
             self.batch, self.buffered = Batch(), 0
 
     def _load(self, batch: Batch) -> None:
-        """Validate and commit one batch (the backlog's loader thread), fenced by the lease's token."""
+        """Validate and commit one batch (the backlog's loader thread), fenced by the lease's token; traced as
+        a ``stream.commit`` of its own when tracing is on (``tracing.stream_sample_ratio``)."""
+        loaded, rejected = self.result.loaded, self.result.rejected
+        with tracing.run_root(self.pipe.name, tracing.STREAM_TRIGGER, name="stream.commit",
+                              **{"stockpulse.shard": self.shard, "stockpulse.session_id": self.session_id,
+                                 "stockpulse.provider": self.pipe.provider, "stockpulse.data_type": self.pipe.data_type,
+                                 "stockpulse.ticks": len(batch)}):
+            self._commit(batch)
+            tracing.annotate(**{"stockpulse.batch_no": self.result.flushes,
+                                "stockpulse.records_loaded": self.result.loaded - loaded,
+                                "stockpulse.records_rejected": self.result.rejected - rejected})
+
+    def _commit(self, batch: Batch) -> None:
         self.result.flushes += 1
         rejected_all = [Rejected(no, record, reason) for no, record, reason in batch.rejected]
         loads = []
@@ -335,7 +348,9 @@ class StreamConsumer:
                           len(numbered)))
         if self.pipe.data_type not in batch.records and rejected_all:
             loads.append((self.pipe.data_type, get_data_type(self.pipe.data_type), [], rejected_all, 0))
-        with get_engine().begin() as conn:
+        with tracing.span("db.load", **{"db.collection.name": "+".join(name for name, *_ in loads),
+                                        "stockpulse.rows": sum(len(rows) for _, _, rows, _, _ in loads)}), \
+                get_engine().begin() as conn:
             fence(conn, self.shard, self.lease.token or 0)
             for name, data_type, rows, rejected, _ in loads:
                 upsert(conn, data_type.table, data_type.columns, data_type.key, rows)

@@ -88,21 +88,29 @@ def test_a_run_started_inside_another_span_gets_a_trace_of_its_own_linked_to_it(
     assert spans["b"].parent is None and spans["b"].links[0].context.span_id == spans["a"].context.span_id
 
 
-def test_the_sample_ratio_is_decided_at_the_root(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(("run_ratio", "stream_ratio"), [("0", "1"), ("1", "0")])
+def test_the_sample_ratio_is_decided_at_the_root_and_streams_have_their_own(
+        monkeypatch: pytest.MonkeyPatch, run_ratio: str, stream_ratio: str) -> None:
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from stockpulse.config import reset_settings
     from stockpulse.observability import tracing
 
-    monkeypatch.setenv("STOCKPULSE_TRACING__SAMPLE_RATIO", "0")
+    monkeypatch.setenv("STOCKPULSE_TRACING__SAMPLE_RATIO", run_ratio)
+    monkeypatch.setenv("STOCKPULSE_TRACING__STREAM_SAMPLE_RATIO", stream_ratio)
     reset_settings()
     exporter = InMemorySpanExporter()
     tracing.init_tracing("test", exporter=exporter)
     try:
-        with tracing.run_root("daily_bars", "manual") as trace_id, tracing.span("child"):
-            assert trace_id is None and tracing.current_ids() is None
+        with tracing.run_root("daily_bars", "manual") as run_trace, tracing.span("child"):
+            assert (run_trace is not None) == (run_ratio == "1")
+            assert (tracing.current_ids() is not None) == (run_ratio == "1")
+        with tracing.run_root("finnhub_trades", tracing.STREAM_TRIGGER, name="stream.commit") as commit_trace, \
+                tracing.span("db.load"):
+            assert (commit_trace is not None) == (stream_ratio == "1")
         tracing.force_flush()
-        assert exporter.get_finished_spans() == ()
+        names = sorted(s.name for s in exporter.get_finished_spans())
+        assert names == (["child", "pipeline.run"] if run_ratio == "1" else ["db.load", "stream.commit"])
     finally:
         tracing.shutdown_tracing()
         monkeypatch.undo()
@@ -124,17 +132,6 @@ def test_secrets_are_redacted_from_every_exported_string(memory_tracing: Any) ->
 
 
 # ------------------------------------------------------------------------------------ through a worker
-
-
-def wait_for(sink: OTLPSink, trace_id: str, names: set[str], timeout: float = 30) -> list[ReceivedSpan]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        spans = sink.trace(trace_id)
-        if names <= {s.name for s in spans}:
-            return spans
-        time.sleep(0.2)
-    raise AssertionError(f"trace {trace_id}: {sorted({s.name for s in sink.trace(trace_id)})} lacks "
-                         f"{sorted(names - {s.name for s in sink.trace(trace_id)})}")
 
 
 @pytest.mark.integration
@@ -161,7 +158,7 @@ def test_a_run_by_a_real_worker_is_one_trace_with_its_stages_requests_retries_an
             reset_settings()
         assert run.status == "succeeded" and run.trace_id and len(run.trace_id) == 32
         stages = {f"run/stockpulse.pipeline.{stage}" for stage in ("fetch", "transform", "load")}
-        spans = wait_for(sink, run.trace_id, {"pipeline.run", "provider.request", "GET", "db.load", *stages})
+        spans = sink.wait_for(run.trace_id, {"pipeline.run", "provider.request", "GET", "db.load", *stages})
 
         # One trace: every span of the run, in whichever process, is in it; the root names the run.
         assert {s.trace_id for s in sink.received() if s.attributes.get("stockpulse.run_id") == run.id} == \
@@ -258,10 +255,10 @@ def test_a_dlq_replay_is_a_run_of_its_own_with_a_trace_of_its_own(clean_stack: S
         assert failed.status == "failed" and run.status == "succeeded"
         assert failed.trace_id and run.trace_id and run.trace_id != failed.trace_id
         # The failed run's trace shows its fetch attempts and their retry events.
-        failed_spans = wait_for(sink, failed.trace_id, {"pipeline.run", "run/stockpulse.pipeline.fetch"})
+        failed_spans = sink.wait_for(failed.trace_id, {"pipeline.run", "run/stockpulse.pipeline.fetch"})
         retries = [attrs for s in failed_spans for name, attrs in s.events if name == "retry"]
         assert len(retries) >= 2 and sorted(r["attempt"] for r in retries)[:2] == [2, 3]
-        spans = wait_for(sink, run.trace_id, {"pipeline.run", "run/stockpulse.pipeline.fetch",
+        spans = sink.wait_for(run.trace_id, {"pipeline.run", "run/stockpulse.pipeline.fetch",
                                                "run/stockpulse.pipeline.load"})
         [root] = [s for s in spans if s.name == "pipeline.run"]
         assert root.attributes["stockpulse.run.trigger"] == "replay"

@@ -228,6 +228,59 @@ def test_alpaca_trades_and_minute_bars_stream_in_and_a_drop_is_filled_over_rest(
     assert all(b.ts.second == 0 and b.low <= b.open <= b.high for b in bars)
 
 
+def test_traced_stream_commits_are_traces_of_their_own_and_a_gap_fill_is_a_traced_run(
+        stream: Any, enable: Any, clean_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stockpulse.config import reset_settings
+    from stockpulse.observability import tracing
+    from stockpulse.sim.otlp import OTLPSink
+
+    enable("alpaca_trades")
+    with OTLPSink() as sink:
+        env = {"STOCKPULSE_TRACING__ENABLED": "true", "STOCKPULSE_TRACING__ENDPOINT": sink.endpoint,
+               "STOCKPULSE_TRACING__STREAM_SAMPLE_RATIO": "1", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+        clean_stack.restart_worker(**env)  # runs the gap fill's stages
+        for name, value in env.items():  # this process runs the consumer, as a realtime worker would
+            monkeypatch.setenv(name, value)
+        reset_settings()
+        assert tracing.init_tracing("worker")
+        try:
+            running = Running("alpaca_trades")
+            wait_until(lambda: running.consumer.result.loaded >= 60, "trades over the Alpaca stream")
+            stream.stream("drop")
+            wait_until(lambda: [r for r in table_rows("pipeline_runs") if r.status == "succeeded"],
+                       "the gap fill run", timeout=60)
+            stream.stream("pause")
+            time.sleep(0.5)
+            result = running.finish()
+        finally:
+            tracing.shutdown_tracing()  # flushes this process's spans
+        assert running.error is None
+        # Every commit is a trace of its own (ratio 1 here), its writes under it; together they loaded it all.
+        commits = [s for s in sink.received() if s.name == "stream.commit"]
+        assert len(commits) == result.flushes and len({s.trace_id for s in commits}) == len(commits)
+        assert all(s.parent_span_id == "" and s.service == "stockpulse-worker" for s in commits)
+        assert {s.attributes["stockpulse.session_id"] for s in commits} == {running.consumer.session_id}
+        assert {s.attributes["stockpulse.run.trigger"] for s in commits} == {"stream"}
+        assert sum(s.attributes["stockpulse.records_loaded"] for s in commits) == result.loaded
+        busy = max(commits, key=lambda s: s.attributes["stockpulse.records_loaded"])
+        [write] = [s for s in sink.trace(busy.trace_id) if s.name == "db.load"]
+        assert write.parent_span_id == busy.span_id and write.attributes["db.collection.name"] == "trades"
+        statements = [s.attributes.get("db.statement", "") for s in sink.trace(busy.trace_id)
+                      if s.parent_span_id == write.span_id]
+        # The lease's fence is written in the same transaction (the ticks themselves go by COPY on PostgreSQL,
+        # which the SQLAlchemy instrumentation does not see: db.load's own time covers it).
+        assert any(sql.startswith("INSERT INTO stream_fences") for sql in statements), statements
+        # The gap fill is a run with a trace: its root in the consumer's process, its stages on the worker.
+        [gap] = table_rows("stream_gaps")
+        [run] = table_rows("pipeline_runs")
+        assert run.id == gap.backfill_run_id and run.trace_id
+        stages = {f"run/stockpulse.pipeline.{stage}" for stage in ("fetch", "transform", "load")}
+        spans = sink.wait_for(run.trace_id, {"pipeline.run", "provider.request", *stages})
+        [root] = [s for s in spans if s.name == "pipeline.run"]
+        assert root.attributes["stockpulse.run.trigger"] == "gap_fill" and root.attributes["stockpulse.run_id"] == run.id
+        assert all(s.attributes.get("stockpulse.run_id") == run.id for s in spans if s.name in stages)
+
+
 def test_alpaca_connection_limit_reconnects_and_auth_failure_stops(stream: Any, enable: Any) -> None:
     enable("alpaca_trades")
     running = Running("alpaca_trades")
