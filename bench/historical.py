@@ -11,8 +11,9 @@ peak RSS < 400 MB at 1,000 x 1,000.
 
 With ``--tracing-ratios``, the same backfill is then loaded afresh (table emptied) by a new worker with
 tracing off and with tracing on at each ratio, exporting over OTLP/HTTP to a loopback receiver in this
-process, alternating for ``--tracing-rounds`` rounds; it prints each one's median rows/s and worker CPU
-time, their cost against tracing off, and the spans received (issue #9).
+process, alternating for ``--tracing-rounds`` rounds; it prints each one's median rows/s, worker CPU
+time and peak RSS of the largest worker process, their cost against tracing off, and the spans received
+(issue #9).
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ def tracing_cost(args: argparse.Namespace, engine: object, workdir: Path, timed_
     cpus: dict[float | None, list[float]] = {}
     spans: dict[float | None, int] = {}
     sampled: dict[float | None, int] = {}
+    peaks: dict[float | None, list[int]] = {}  # peak RSS of the worker's largest process
     with OTLPSink() as sink:
         for _round in range(args.tracing_rounds):
             for ratio in (None, *ratios):
@@ -239,11 +241,15 @@ def tracing_cost(args: argparse.Namespace, engine: object, workdir: Path, timed_
                     conn.execute(delete(watermarks))
                 worker = start_worker(workdir, "-Q", "historical", "-c", str(args.concurrency))
                 cpu_before = tree_cpu_s(worker.pid)
+                sampler = RssSampler(worker.pid)
+                sampler.start()
                 try:
                     wall, run, _busy = timed_run()  # type: ignore[operator]
                     time.sleep(1.0)  # the worker's last batch of spans goes out (its CPU counts)
                     cpus.setdefault(ratio, []).append(tree_cpu_s(worker.pid) - cpu_before)
+                    peaks.setdefault(ratio, []).append(sampler.peak_single)
                 finally:
+                    sampler.stop_event.set()
                     tracing.shutdown_tracing()
                     worker.terminate()
                     worker.wait(30)
@@ -256,13 +262,14 @@ def tracing_cost(args: argparse.Namespace, engine: object, workdir: Path, timed_
                     spans[ratio] = len(sink.trace(run.trace_id))
     for name in names:
         os.environ.pop(name, None)
-    off_wall, off_cpu = median(walls[None]), median(cpus[None])
+    off_wall, off_cpu, off_rss = median(walls[None]), median(cpus[None]), median(peaks[None]) / 2**20
     print(f"tracing off:              {rows / off_wall:>10,.0f} rows/s (median of {args.tracing_rounds} fresh loads, "
-          f"{off_wall:.2f} s); worker CPU {off_cpu:.2f} s")
+          f"{off_wall:.2f} s); worker CPU {off_cpu:.2f} s; peak RSS of a worker process {off_rss:.0f} MB")
     for ratio in ratios:
-        wall, cpu = median(walls[ratio]), median(cpus[ratio])
+        wall, cpu, rss = median(walls[ratio]), median(cpus[ratio]), median(peaks[ratio]) / 2**20
         print(f"tracing on, ratio {ratio:<6g}: {rows / wall:>10,.0f} rows/s ({wall:.2f} s): throughput cost "
               f"{1 - off_wall / wall:+.1%}; worker CPU {cpu:.2f} s ({cpu / off_cpu - 1:+.1%}); "
+              f"peak RSS {rss:.0f} MB ({rss - off_rss:+.0f} MB); "
               f"{sampled.get(ratio, 0)} of {args.tracing_rounds} runs traced"
               + (f", {spans[ratio]} spans in a traced run's trace" if ratio in spans else ""))
     return 0
