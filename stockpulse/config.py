@@ -834,8 +834,36 @@ def _check_references(settings: Settings) -> None:
         if not spec.supplies(pipe.data_type):
             problems.append(f"{path}: provider {pipe.provider!r} does not supply {pipe.data_type!r} "
                             f"(it supplies: {', '.join(spec.data_types)}) (from {_origin(path, settings.origins)})")
+    problems += _overlapping_bars(settings)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _overlapping_bars(settings: Settings) -> list[str]:
+    """Two enabled pipelines serving ``bars`` (not reference pipelines) from different providers for the same
+    symbols and interval would overwrite each other's bars, row by row, whichever loaded last. Symbols kept in
+    a file or table are compared by source (the same file or table), not read here."""
+    serving = [p for p in settings.pipelines.values()
+               if p.enabled and p.data_type == "bars" and not p.options.get("reference")]
+    problems = []
+    for i, first in enumerate(serving):
+        for second in serving[i + 1:]:
+            if first.provider == second.provider or first.interval != second.interval:
+                continue
+            a, b = first.universe, second.universe
+            shared = sorted(set(a.tickers) & set(b.tickers))
+            same_source = (a.file is not None and a.file == b.file) or (a.table is not None and a.table == b.table)
+            if not shared and not same_source:
+                continue
+            what = (f"symbols {', '.join(shared[:5])}{' …' if len(shared) > 5 else ''}" if shared
+                    else f"the symbols of {a.describe()}")
+            problems.append(
+                f"pipelines.{second.name}: serves {second.interval} bars of {what} from {second.provider!r}, as "
+                f"pipeline {first.name!r} does from {first.provider!r}: each would overwrite the other's bars. "
+                f"Make one a second opinion (options: {{reference: true}}, compared by `stockpulse reconcile`), "
+                f"disable one, or give them distinct symbols "
+                f"(enabled in {_origin(f'pipelines.{second.name}.enabled', settings.origins)})")
+    return problems
 
 
 def require_secrets(settings: Settings) -> None:

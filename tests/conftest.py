@@ -86,10 +86,11 @@ def test_config(sim_url: str, ws_url: str = "") -> dict[str, Any]:
             "daily_bars": {"data_type": "bars", "provider": "alpaca", "symbols": "test_equities",
                            "batch_size": 2},
             "crypto_daily_bars": {"data_type": "bars", "provider": "coinbase", "symbols": "test_crypto"},
-            # Served bars here (the shipped config makes them reference pipelines), so tests read them in bars.
+            # Served bars here (the shipped config makes them reference pipelines), so tests read them in bars;
+            # disabled (run by hand only): enabled, they would serve daily_bars' symbols too, which config refuses.
             "polygon_daily_bars": {"data_type": "bars", "provider": "polygon", "symbols": "test_equities",
-                                   "options": {"reference": False}},
-            "alphavantage_daily_bars": {"data_type": "bars", "provider": "alphavantage",
+                                   "enabled": False, "options": {"reference": False}},
+            "alphavantage_daily_bars": {"data_type": "bars", "provider": "alphavantage", "enabled": False,
                                         "symbols": "test_equities", "options": {"reference": False}},
             "polygon_reference_bars": {"data_type": "bars", "provider": "polygon", "symbols": "test_equities",
                                        "enabled": False, "options": {"reference": True}},

@@ -63,6 +63,28 @@ def test_invalid_configuration_names_key_and_source(tmp_path: Path, config: dict
         load_settings(env_with(tmp_path, config, **env), root=ROOT)
 
 
+def test_two_providers_serving_the_same_bars_are_refused_unless_one_is_a_reference(tmp_path: Path) -> None:
+    second = {"polygon_daily_bars": {"enabled": True, "options": {"reference": False}}}
+    with pytest.raises(ConfigError, match=r"pipelines\.polygon_daily_bars: serves 1d bars of symbols AAPL, AMZN, "
+                                          r"GOOGL, MSFT, NVDA from 'polygon', as pipeline 'daily_bars' does "
+                                          r"from 'alpaca': each would overwrite the other's bars\..*reference: true"
+                                          r".*\(enabled in .*override\.yaml\)"):
+        load_settings(env_with(tmp_path, {"pipelines": second}), root=ROOT)
+    # A second opinion, another interval, other symbols, or the same provider twice: accepted.
+    for change in ({"options": {"reference": True}}, {"interval": "1h"}, {"symbols": ["ASML"]},
+                   {"provider": "alpaca"}):
+        load_settings(env_with(tmp_path, {"pipelines": {"polygon_daily_bars": {**second["polygon_daily_bars"],
+                                                                              **change}}}), root=ROOT)
+    # Symbols kept in one file: the same source, refused without reading it.
+    listed = tmp_path / "universe.txt"
+    listed.write_text("IBM\n")
+    config = {"symbols": {"from_file": {"file": str(listed)}},
+              "pipelines": {"daily_bars": {"symbols": "from_file"},
+                            "polygon_daily_bars": {**second["polygon_daily_bars"], "symbols": "from_file"}}}
+    with pytest.raises(ConfigError, match=r"serves 1d bars of the symbols of file .*universe\.txt from 'polygon'"):
+        load_settings(env_with(tmp_path, config), root=ROOT)
+
+
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKPULSE_")}
     clean.update(env)

@@ -144,13 +144,10 @@ def _history(records: list[dict[str, Any]], ctx: Any) -> dict[str, list[tuple[An
     if first is not None and size and ctx.conn is not None:
         interval = records[0]["interval"]
         span = INTERVAL_LENGTH[interval] * size * (2 if interval == "1d" else 4)  # weekends, nights
-        table, _key = BARS.target(ctx.pipe)  # a reference pipeline's history is its own provider's
-        query = (select(table.c.symbol, table.c.ts, table.c.close, table.c.volume)
-                 .where(table.c.symbol.in_(list(by_symbol)), table.c.interval == interval,
-                        table.c.ts < first, table.c.ts >= first - span).order_by(table.c.ts))
-        if table is reference_bars:
-            query = query.where(table.c.source == records[0]["source"])
-        rows = ctx.conn.execute(query)
+        table, own = BARS.own_rows(ctx.pipe)  # a reference pipeline's history is its own provider's
+        rows = ctx.conn.execute(select(table.c.symbol, table.c.ts, table.c.close, table.c.volume)
+                                .where(table.c.symbol.in_(list(by_symbol)), table.c.interval == interval,
+                                       table.c.ts < first, table.c.ts >= first - span, *own).order_by(table.c.ts))
         for symbol, ts, close, volume in rows:
             stored.setdefault(symbol, []).append((ts if ts.tzinfo else ts.replace(tzinfo=UTC), close, volume))
     series = {}

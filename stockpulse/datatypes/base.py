@@ -88,6 +88,12 @@ class DataType:
             return self.reference_table, self.reference_key
         return self.table, self.key
 
+    def own_rows(self, pipe: Any) -> tuple[Table, list[Any]]:
+        """(table, conditions) selecting the pipeline's own stored rows: a reference table holds every
+        reference provider's, told apart by ``source`` (the provider's name)."""
+        table, _key = self.target(pipe)
+        return table, [table.c.source == pipe.provider] if table is self.reference_table else []
+
     def load_rows(self, conn: Any, pipe: Any, rows: list[tuple[Any, ...]]) -> int:
         """Upsert transport rows for ``pipe`` (its own loader, or the bulk upsert of its target table)."""
         from stockpulse.observability import tracing

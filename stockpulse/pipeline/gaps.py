@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from stockpulse.config import PipelineSettings, get_settings
 from stockpulse.datatypes.bars import BARS
 from stockpulse.db.engine import get_engine
-from stockpulse.db.models import bars
 from stockpulse.errors import ConfigError
 
 ALWAYS = "always"
@@ -93,10 +92,8 @@ def find_gaps(pipeline: str, *, symbols: list[str] | None = None, start: date | 
     chosen = tuple(symbols) if symbols else pipe.symbols
     stored: dict[str, set[date]] = {s: set() for s in chosen}
     first: dict[str, date] = {}
-    table, _key = BARS.target(pipe)
-    mine = [table.c.symbol.in_(chosen), table.c.interval == "1d"]
-    if table is not bars:  # a reference pipeline: its own provider's rows
-        mine.append(table.c.source == pipe.provider)
+    table, own = BARS.own_rows(pipe)
+    mine = [table.c.symbol.in_(chosen), table.c.interval == "1d", *own]
     with get_engine().connect() as conn:
         for row in conn.execute(select(table.c.symbol, func.min(table.c.ts)).where(*mine).group_by(table.c.symbol)):
             first[row[0]] = row[1].date()

@@ -131,6 +131,56 @@ def test_secrets_are_redacted_from_every_exported_string(memory_tracing: Any) ->
     assert "apikey=***" in exported and "token=***" in exported
 
 
+@pytest.mark.integration
+def test_a_quota_wait_and_a_breaker_rejection_are_events_of_the_provider_request(
+        memory_tracing: Any, redis_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stockpulse.config import get_settings, reset_settings
+    from stockpulse.errors import TransientError
+    from stockpulse.observability import tracing
+    from stockpulse.providers import PROVIDERS, ProviderClient
+    from stockpulse.reliability import breaker, quotas
+
+    def unavailable() -> None:
+        raise TransientError("HTTP 503")
+
+    monkeypatch.setenv("STOCKPULSE_PROVIDERS__COINBASE__RATE_LIMIT", "1/minute")
+    monkeypatch.setenv("STOCKPULSE_PROVIDERS__POLYGON__BREAKER__FAIL_MAX", "1")
+    reset_settings()
+    breaker.get_breaker.cache_clear()
+    for key in redis_client.scan_iter("stockpulse:breaker:polygon*"):
+        redis_client.delete(key)
+    try:
+        quotas.reset("coinbase")
+        quotas.acquire("coinbase")  # the minute's only slot: the next request must wait
+        with pytest.raises(TransientError):
+            breaker.call("polygon", unavailable)  # one failure opens it here
+        settings = get_settings()
+        with tracing.run_root("polygon_daily_bars", "manual"):
+            for name, error in (("coinbase", quotas.QuotaWait), ("polygon", breaker.BreakerOpen)):
+                client = ProviderClient(PROVIDERS[name], settings.provider(name))
+                with pytest.raises(error):
+                    client.get_json("/never/sent", params={"apiKey": CANARY_KEY})
+    finally:
+        quotas.reset("coinbase")
+        for key in redis_client.scan_iter("stockpulse:breaker:polygon*"):
+            redis_client.delete(key)
+        monkeypatch.undo()
+        reset_settings()
+        breaker.get_breaker.cache_clear()
+    tracing.force_flush()
+    requests = {s.attributes["stockpulse.provider"]: s for s in memory_tracing.get_finished_spans()
+                if s.name == "provider.request"}
+    # Each request span has its event, then the SDK's own "exception" event for the error it raised.
+    [wait] = [e for e in requests["coinbase"].events if e.name != "exception"]
+    assert wait.name == "quota.wait" and 0 < wait.attributes["retry_after_s"] <= 60
+    [rejected] = [e for e in requests["polygon"].events if e.name != "exception"]
+    assert rejected.name == "breaker.rejected" and rejected.attributes["retry_after_s"] > 0
+    assert requests["polygon"].attributes["url.path"] == "/never/sent"
+    # Neither reached the provider: under them, only the quota's and the breaker's Redis commands.
+    ids = {s.context.span_id for s in requests.values()}
+    under = [s for s in memory_tracing.get_finished_spans() if s.parent and s.parent.span_id in ids]
+    assert under and all(s.attributes.get("db.system") == "redis" for s in under)
+
 # ------------------------------------------------------------------------------------ through a worker
 
 
