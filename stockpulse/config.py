@@ -835,6 +835,10 @@ def _check_references(settings: Settings) -> None:
             problems.append(f"{path}: provider {pipe.provider!r} does not supply {pipe.data_type!r} "
                             f"(it supplies: {', '.join(spec.data_types)}) (from {_origin(path, settings.origins)})")
     problems += _overlapping_bars(settings)
+    from stockpulse.quality import check_config
+
+    problems += [f"{problem} (from {_origin(problem.split(':')[0], settings.origins)})"
+                 for problem in check_config(settings.pipelines.values())]
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

@@ -82,14 +82,45 @@ def configured(checks: tuple[Check, ...], pipe: PipelineSettings) -> list[tuple[
                           f"(known: {', '.join(sorted(known))})")
     out = []
     for check in checks:
+        path = f"pipelines.{pipe.name}.options.quality.{check.name}"
         override = dict(overrides.get(check.name) or {})
-        severity = str(override.pop("severity", check.severity))
+        severity = override.pop("severity", check.severity)
+        # YAML reads a bare `off` (or `no`) as false: what the operator wrote is "off".
+        severity = "off" if severity is False else str(severity)
         if severity not in SEVERITIES:
-            raise ConfigError(f"pipelines.{pipe.name}.options.quality.{check.name}.severity: {severity!r} is "
-                              f"not one of {', '.join(SEVERITIES)}")
+            raise ConfigError(f"{path}.severity: {severity!r} is not one of {', '.join(SEVERITIES)}")
+        params = {name: _parameter(f"{path}.{name}", check, name, value) for name, value in override.items()}
         if severity != "off":
-            out.append((check, severity, {**check.params, **override}))
+            out.append((check, severity, {**check.params, **params}))
     return out
+
+
+def _parameter(path: str, check: Check, name: str, value: Any) -> Any:
+    """A check's parameter as the type of its default; a misspelt name or a wrong type is an error."""
+    if name not in check.params:
+        known = ", ".join(["severity", *sorted(check.params)])
+        raise ConfigError(f"{path}: {check.name} has no parameter {name!r} (it takes: {known})")
+    default = check.params[name]
+    if isinstance(default, (int, float)) and not isinstance(value, bool) and isinstance(value, (int, float)):
+        if isinstance(default, float) or value == int(value):
+            return type(default)(value)
+    elif isinstance(default, str) and isinstance(value, str):
+        return value
+    kind = "a whole number" if isinstance(default, int) else "a number" if isinstance(default, float) else "text"
+    raise ConfigError(f"{path}: {value!r} is not {kind} (default {default!r})")
+
+
+def check_config(pipelines: Any) -> list[str]:
+    """Every pipeline's quality options against its data type's checks (``stockpulse config check``)."""
+    from stockpulse.datatypes import get_data_type
+
+    problems = []
+    for pipe in pipelines:
+        try:
+            configured(get_data_type(pipe.data_type).quality_checks, pipe)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def run_checks(checks: tuple[Check, ...], records: list[dict[str, Any]], pipe: PipelineSettings,

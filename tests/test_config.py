@@ -57,6 +57,17 @@ def test_urls_and_secret_files(tmp_path: Path) -> None:
     ({"timezone": "Mars/Olympus"}, {}, r"timezone: unknown timezone 'Mars/Olympus'"),
     ({"celery": {"visibility_timeout_s": 60}}, {},
      r"celery\.visibility_timeout_s: must be greater than the longest retry countdown"),
+    ({}, {"STOCKPULSE_PIPELINES__DAILY_BARS__OPTIONS__QUALITY": "{price_spik: {severity: warn}}"},
+     r"pipelines\.daily_bars\.options\.quality: unknown check 'price_spik' \(known: .*price_spike.*\) "
+     r"\(from environment variable STOCKPULSE_PIPELINES__DAILY_BARS__OPTIONS__QUALITY\)"),
+    ({"pipelines": {"daily_bars": {"options": {"quality": {"price_spike": {"severity": "loud"}}}}}}, {},
+     r"quality\.price_spike\.severity: 'loud' is not one of error, warn, off \(from .*override\.yaml\)"),
+    ({"pipelines": {"daily_bars": {"options": {"quality": {"price_spike": {"treshold": 5}}}}}}, {},
+     r"quality\.price_spike\.treshold: price_spike has no parameter 'treshold' \(it takes: severity, .*threshold\)"),
+    ({"pipelines": {"daily_bars": {"options": {"quality": {"stale_close": {"run": 2.5}}}}}}, {},
+     r"quality\.stale_close\.run: 2\.5 is not a whole number \(default 5\)"),
+    ({"pipelines": {"company_news": {"options": {"quality": {"published_in_future": {"future_s": "soon"}}}}}}, {},
+     r"quality\.published_in_future\.future_s: 'soon' is not a number \(default 300\.0\)"),
 ])
 def test_invalid_configuration_names_key_and_source(tmp_path: Path, config: dict, env: dict, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
@@ -83,6 +94,23 @@ def test_two_providers_serving_the_same_bars_are_refused_unless_one_is_a_referen
                             "polygon_daily_bars": {**second["polygon_daily_bars"], "symbols": "from_file"}}}
     with pytest.raises(ConfigError, match=r"serves 1d bars of the symbols of file .*universe\.txt from 'polygon'"):
         load_settings(env_with(tmp_path, config), root=ROOT)
+
+
+def test_quality_options_are_read_as_their_types_and_a_bare_off_turns_a_check_off(tmp_path: Path) -> None:
+    from stockpulse.datatypes import get_data_type
+    from stockpulse.quality import configured
+
+    path = tmp_path / "override.yaml"
+    # As an operator writes it: YAML reads a bare `off` as false.
+    path.write_text("pipelines:\n  daily_bars:\n    options:\n      quality:\n"
+                    "        stale_close: {severity: off}\n        price_spike: {severity: error, threshold: 8}\n")
+    environ = env_with(tmp_path, STOCKPULSE_CONFIG=str(path))
+    pipe = load_settings(environ, root=ROOT).pipelines["daily_bars"]
+    checks = {check.name: (severity, params) for check, severity, params in
+              configured(get_data_type("bars").quality_checks, pipe)}
+    assert "stale_close" not in checks
+    assert checks["price_spike"] == ("error", {"threshold": 8.0, "min_history": 20, "history": 60})
+    assert isinstance(checks["price_spike"][1]["threshold"], float)
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
